@@ -1,0 +1,100 @@
+"""The shapes of the log: what callers append and what the store hands back.
+
+Events are facts, so both shapes are frozen msgspec Structs. `canonical()` is the one
+encoding every hash is computed over; it is deterministic (sorted keys, shortest float
+repr), so the same record always produces the same bytes on any machine.
+"""
+
+from __future__ import annotations
+
+import time as _time
+import uuid
+from typing import Any, Final
+
+import msgspec
+
+ANY_VERSION: Final = -2
+"""`expected_version` value that skips the optimistic-concurrency check."""
+NO_STREAM: Final = 0
+"""`expected_version` value asserting the stream does not exist yet (versions start at 1)."""
+
+GENESIS_HASH: Final = "0" * 64
+
+
+def _new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event a caller wants appended. Resending the same object is an idempotent retry."""
+
+    type: str
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    actor: str = "system"
+    event_id: str = msgspec.field(default_factory=_new_event_id)
+    time: float = msgspec.field(default_factory=_time.time)
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored event, bound to its place in the log by `position` and the hash chain.
+
+    `hash` is the HMAC chain (needs the secret chain key); `digest` is a public SHA-256
+    chain over the same bytes, which lets an auditor holding only the checkpoint public key
+    check an export.
+    """
+
+    position: int
+    stream: str
+    version: int
+    event_id: str
+    type: str
+    time: float
+    actor: str
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+    digest: str
+
+
+class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """A signed statement "the log of store `store_id` had `size` events ending in `head_hash`".
+
+    Kept in the database and in a file outside it: a tail cut from the database cannot
+    remove the checkpoints that were already copied out.
+    """
+
+    store_id: str
+    size: int
+    head_hash: str
+    head_digest: str
+    time: float
+    signature: str = ""
+
+
+_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def encode_data(data: dict[str, Any]) -> bytes:
+    """Canonical JSON of an event's data: what the database stores and the hash covers."""
+    return _encoder.encode(data)
+
+
+def canonical(
+    *,
+    position: int,
+    stream: str,
+    version: int,
+    event_id: str,
+    type: str,
+    time: float,
+    actor: str,
+    data_json: bytes,
+) -> bytes:
+    """The bytes a record's hash covers: every field but the hashes, in a fixed order."""
+    head = _encoder.encode([position, stream, version, event_id, type, time, actor])
+    return head[:-1] + b"," + data_json + b"]"
+
+
+def checkpoint_payload(cp: Checkpoint) -> bytes:
+    """The bytes a checkpoint signature covers."""
+    return _encoder.encode([cp.store_id, cp.size, cp.head_hash, cp.head_digest, cp.time])

@@ -1,0 +1,208 @@
+"""The SQLite backend: the shared conformance suite plus what only SQLite can show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from events import EventStore, SqliteEventStore, StoreConfig
+from tests.conformance.store_suite import EventStoreConformance
+
+
+class TestSqliteConformance(EventStoreConformance):
+    def make_config(self, tmp_path: Path, **overrides: object) -> StoreConfig:
+        return StoreConfig(path=tmp_path / "events.db", **overrides)  # type: ignore[arg-type]
+
+    async def open_store(self, config: StoreConfig) -> EventStore:
+        return await SqliteEventStore.open(config)
+
+
+# -- what only the SQLite file shows -----------------------------------------------------
+
+import json  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from events import NewEvent, StoreError, StoreLocked  # noqa: E402
+from events.schema import migrate_sqlite  # noqa: E402
+from events.sqlite import migrate  # noqa: E402
+from events.verify import VerifyReport  # noqa: E402
+
+_suite = TestSqliteConformance()
+
+
+async def _filled(tmp_path: Path, n: int = 20, **overrides: object) -> StoreConfig:
+    config = _suite.make_config(tmp_path, **overrides)
+    store = await SqliteEventStore.open(config)
+    for i in range(n):
+        await store.append(f"s{i % 4}", [NewEvent(type="T", data={"i": i}, actor="a")])
+    await store.close()
+    return config
+
+
+def _tamper(config: StoreConfig, *statements: str) -> None:
+    conn = sqlite3.connect(config.path)
+    conn.execute("DROP TRIGGER IF EXISTS events_no_update")
+    conn.execute("DROP TRIGGER IF EXISTS events_no_delete")
+    conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+async def _verify(config: StoreConfig) -> VerifyReport:
+    store = await SqliteEventStore.open(StoreConfig(path=config.path, readonly=True))
+    try:
+        return await _suite.verify(store, config)
+    finally:
+        await store.close()
+
+
+def test_triggers_refuse_update_and_delete(tmp_path: Path) -> None:
+    import asyncio
+
+    config = asyncio.run(_filled(tmp_path, 3))
+    conn = sqlite3.connect(config.path)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE events SET actor = 'mallory' WHERE position = 1")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM events WHERE position = 3")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM checkpoints")
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("statements", "kind", "position"),
+    [
+        (["UPDATE events SET data = '{\"i\":99}' WHERE position = 7"], "edited", 7),
+        (["UPDATE events SET actor = 'mallory' WHERE position = 3"], "edited", 3),
+        (["UPDATE events SET digest = hash WHERE position = 5"], "edited", 5),
+        (["DELETE FROM events WHERE position = 9"], "missing", 9),
+        (
+            [
+                "UPDATE events SET position = -12 WHERE position = 12",
+                "UPDATE events SET position = 12 WHERE position = 13",
+                "UPDATE events SET position = 13 WHERE position = -12",
+            ],
+            "reordered",
+            12,
+        ),
+        (
+            ["UPDATE events SET prev_hash = 'ab' || substr(prev_hash, 3) WHERE position = 4"],
+            "broken_link",
+            4,
+        ),
+    ],
+    ids=["edited-data", "edited-actor", "edited-digest", "missing", "reordered", "broken-link"],
+)
+async def test_verify_names_first_bad_position(
+    tmp_path: Path, statements: list[str], kind: str, position: int
+) -> None:
+    config = await _filled(tmp_path)
+    assert (await _verify(config)).ok
+    _tamper(config, *statements)
+    report = await _verify(config)
+    assert not report.ok
+    assert report.first is not None
+    assert (report.first.kind, report.first.position) == (kind, position)
+
+
+async def test_truncated_tail_caught_by_checkpoint_file(tmp_path: Path) -> None:
+    config = await _filled(tmp_path, 20)
+    # The attacker cuts the tail, the database checkpoints, and the sequence high-water mark:
+    # only the checkpoint file outside the database still knows the log had 20 events.
+    _tamper(
+        config,
+        "DELETE FROM events WHERE position > 15",
+        "DELETE FROM checkpoints",
+        "UPDATE sqlite_sequence SET seq = 15 WHERE name = 'events'",
+    )
+    report = await _verify(config)
+    assert report.first is not None
+    assert (report.first.kind, report.first.position) == ("truncated", 16)
+    assert "covers 20 events" in report.first.detail
+
+
+async def test_truncated_tail_refuses_writer_and_positions_are_not_reused(
+    tmp_path: Path,
+) -> None:
+    config = await _filled(tmp_path, 10)
+    _tamper(config, "DELETE FROM events WHERE position > 8")
+    with pytest.raises(StoreError, match=r"positions 9\.\.10 were removed"):
+        await SqliteEventStore.open(config)
+    conn = sqlite3.connect(config.path)
+    assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone() == (10,)
+    conn.close()
+
+
+async def test_forged_checkpoint_in_file_is_reported(tmp_path: Path) -> None:
+    config = await _filled(tmp_path, 5)
+    lines = config.checkpoints.read_text().splitlines()
+    forged = json.loads(lines[-1]) | {"size": 50}
+    config.checkpoints.write_text("\n".join([*lines, json.dumps(forged)]) + "\n")
+    report = await _verify(config)
+    assert [p.kind for p in report.problems] == ["checkpoint_forged"]
+
+
+async def test_key_mismatch_reported_by_verify(tmp_path: Path) -> None:
+    config = await _filled(tmp_path, 3)
+    config.chain_key_file.write_text("B" * 43 + "\n")
+    report = await _verify(config)
+    assert report.first is not None
+    assert (report.first.kind, report.first.position) == ("key_mismatch", 0)
+
+
+async def test_second_writer_gets_error_naming_holder(tmp_path: Path) -> None:
+    config = _suite.make_config(tmp_path)
+    first = await SqliteEventStore.open(config)
+    try:
+        with pytest.raises(StoreLocked, match=r"already open for writing by pid \d+"):
+            await SqliteEventStore.open(config)
+        reader = await SqliteEventStore.open(StoreConfig(path=config.path, readonly=True))
+        await first.append("s", [NewEvent(type="T")])
+        assert len(await reader.read_all()) == 1
+        await reader.close()
+    finally:
+        await first.close()
+
+
+def test_lock_held_by_another_process(tmp_path: Path) -> None:
+    config = _suite.make_config(tmp_path)
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from events import SqliteEventStore, StoreConfig\n"
+        "async def main():\n"
+        f"    s = await SqliteEventStore.open(StoreConfig(path=Path({str(config.path)!r})))\n"
+        "    print('ready', flush=True)\n"
+        "    sys.stdin.readline()\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        import asyncio
+
+        with pytest.raises(StoreLocked, match=f"pid {holder.pid}"):
+            asyncio.run(SqliteEventStore.open(config))
+    finally:
+        holder.communicate("\n", timeout=30)
+
+
+def test_migrations_apply_once_and_refuse_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    assert migrate(path) == [1]
+    assert migrate(path) == []
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")
+    conn.commit()
+    with pytest.raises(StoreError, match="newer than this release"):
+        migrate_sqlite(conn)
+    conn.close()
