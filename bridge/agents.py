@@ -1,0 +1,140 @@
+"""Agent registry operations: register, rotate a key, revoke — each an event, no secrets.
+
+The secret is shown once to the operator and kept only encrypted in the vault; the log
+records that a key with this id was issued, rotated or revoked, never its material.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from security import KeyRegistry, SecretVault, decode_secret, generate_secret, new_key_id
+
+from .domain import (
+    AGENT_KEY_ISSUED,
+    AGENT_KEY_ROTATED,
+    AGENT_REGISTERED,
+    AGENT_REVOKED,
+    agent_stream,
+)
+from .log import Log
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class AgentError(ValueError):
+    """An agent operation that cannot be done; the message says why."""
+
+
+def _check_labels(kind: str, values: list[str]) -> list[str]:
+    for value in values:
+        if not _NAME.match(value):
+            raise AgentError(f"{kind} {value!r}: use letters, digits, '.', '_' or '-'")
+    return sorted(set(values))
+
+
+class AgentService:
+    def __init__(self, log: Log, registry: KeyRegistry, vault: SecretVault, grace_s: float) -> None:
+        self.log = log
+        self.registry = registry
+        self.vault = vault
+        self.grace_s = grace_s
+
+    async def add(
+        self, name: str, roles: list[str], capabilities: list[str], actor: str
+    ) -> dict[str, str]:
+        if not _NAME.match(name or ""):
+            raise AgentError(f"agent name {name!r}: 1-64 letters, digits, '.', '_' or '-'")
+        existing = self.registry.agents.get(name)
+        if existing is not None and not existing.revoked:
+            raise AgentError(f"agent {name!r} already exists; use rotate-key for a new key")
+        roles, capabilities = (
+            _check_labels("role", roles),
+            _check_labels("capability", capabilities),
+        )
+        secret, key_id = generate_secret(), new_key_id()
+        self.vault.put(key_id, decode_secret(secret))  # before the event: a key is never live
+        await self.log.append_events(
+            agent_stream(name),
+            actor,
+            [  # without its secret
+                (AGENT_REGISTERED, {"agent": name, "roles": roles, "capabilities": capabilities}),
+                (AGENT_KEY_ISSUED, {"agent": name, "key_id": key_id, "issued_at": time.time()}),
+            ],
+        )
+        return {"agent": name, "key_id": key_id, "secret": secret}
+
+    async def rotate(self, name: str, actor: str) -> dict[str, Any]:
+        info = self._live(name)
+        active = self.registry.active_key_ids(name)
+        secret, key_id = generate_secret(), new_key_id()
+        self.vault.put(key_id, decode_secret(secret))
+        grace_until = time.time() + self.grace_s
+        await self.log.append_events(
+            agent_stream(name),
+            actor,
+            [
+                (
+                    AGENT_KEY_ROTATED,
+                    {
+                        "agent": name,
+                        "old_key_id": old,
+                        "new_key_id": key_id,
+                        "grace_until": grace_until,
+                    },
+                )
+                for old in active
+            ]
+            or [(AGENT_KEY_ISSUED, {"agent": name, "key_id": key_id, "issued_at": time.time()})],
+        )
+        return {
+            "agent": info.agent,
+            "key_id": key_id,
+            "secret": secret,
+            "previous_key_ids": active,
+            "previous_valid_until": grace_until,
+        }
+
+    async def revoke(self, name: str, actor: str) -> dict[str, Any]:
+        info = self._live(name)
+        await self.log.append_events(
+            agent_stream(name),
+            actor,
+            [
+                (AGENT_REVOKED, {"agent": name, "at": time.time()}),
+            ],
+        )
+        return {"agent": info.agent, "revoked": True, "key_ids": list(info.key_ids)}
+
+    def list(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "agent": a.agent,
+                "roles": a.roles,
+                "capabilities": a.capabilities,
+                "revoked": a.revoked,
+                "active_key_ids": self.registry.active_key_ids(a.agent),
+            }
+            for a in sorted(self.registry.agents.values(), key=lambda a: a.agent)
+        ]
+
+    def _live(self, name: str) -> Any:
+        info = self.registry.agents.get(name)
+        if info is None:
+            raise AgentError(f"no agent named {name!r}")
+        if info.revoked:
+            raise AgentError(f"agent {name!r} is revoked")
+        return info
+
+
+class RegistryProjection:
+    """Adapts `security.KeyRegistry` (which knows nothing of our Fact type) to the log."""
+
+    def __init__(self, registry: KeyRegistry) -> None:
+        self.registry = registry
+
+    def apply(self, fact: Any) -> None:
+        if fact.type in KeyRegistry.EVENT_TYPES:
+            self.registry.apply(fact.type, fact.data)

@@ -1,0 +1,298 @@
+"""Composition: one `Bridge` holding every subsystem, and the aiohttp app that serves it.
+
+`open_bridge` builds the state in dependency order (store → projections replayed from the
+log → security → router → MCP host); `create_app` wires it to one port. Each resource is
+opened in a cleanup context so a failed start closes what it opened.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from events import SqliteEventStore
+from events.chain import write_secret_file
+from security import (
+    AdminAuth,
+    GCRARateLimiter,
+    KeyRegistry,
+    OriginPolicy,
+    SignatureVerifier,
+    SQLiteNonceStore,
+    SQLiteSecretVault,
+    address_rate_limiter,
+    key_lookup,
+    load_or_create_admin_token,
+    origin_policy,
+)
+
+from .agents import AgentService, RegistryProjection
+from .asgi import ASGIHandler, asgi_handler, run_in_cleanup_ctx
+from .auth import AGENT, admin_auth, agent_auth
+from .config import Settings
+from .flags import Flags
+from .log import Log
+from .mailbox import Mailboxes
+from .mcp_host import McpHost, scope_for
+from .metrics import Metrics
+from .routing import Requests, Router
+from .sessions import Presence
+
+log = logging.getLogger("lighthouse")
+
+
+def package_version() -> str:
+    try:
+        return version("lighthouse-bridge")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class Bridge:
+    settings: Settings
+    store: SqliteEventStore
+    log: Log
+    registry: KeyRegistry
+    flags: Flags
+    mailboxes: Mailboxes
+    requests: Requests
+    presence: Presence
+    metrics: Metrics
+    router: Router
+    agents: AgentService
+    vault: SQLiteSecretVault
+    nonces: SQLiteNonceStore
+    verifier: SignatureVerifier
+    agent_limiter: GCRARateLimiter
+    address_limiter: GCRARateLimiter
+    admin: AdminAuth
+    origin: OriginPolicy
+    host: McpHost | None = None
+    mcp_handler: ASGIHandler | None = None
+
+    async def close(self) -> None:
+        await self.router.close()
+        await self.nonces.close()
+        self.vault.close()
+        await self.store.close()
+
+
+def _load_or_create_key(path: Path, *, fresh: bool) -> bytes:
+    if path.exists():
+        raw = path.read_bytes().strip()
+        return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    if not fresh:
+        raise RuntimeError(f"key file {path} is missing for an existing store; restore it")
+    key = os.urandom(32)
+    write_secret_file(path, base64.urlsafe_b64encode(key).rstrip(b"=") + b"\n")
+    return key
+
+
+async def open_bridge(settings: Settings) -> Bridge:
+    """Open the store, replay the log into every projection, and build the security stack."""
+    fresh = not settings.db.exists()
+    store = await SqliteEventStore.open(settings.store_config())
+    try:
+        return await _assemble(settings, store, fresh)
+    except BaseException:
+        await store.close()
+        raise
+
+
+async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) -> Bridge:
+    registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
+    requests, presence, metrics = Requests(), Presence(), Metrics()
+    event_log = Log(store, [RegistryProjection(registry), flags, requests, mailboxes])
+    replayed = await event_log.replay()
+    vault = SQLiteSecretVault.open(
+        settings.db, settings.master_key_file, fresh_install=fresh or not registry.agents
+    )
+    nonces = SQLiteNonceStore(settings.nonce_db, window=settings.skew_s + 60)
+    verifier = SignatureVerifier(key_lookup(registry, vault), nonces, skew=int(settings.skew_s))
+    token, _ = load_or_create_admin_token(
+        settings.admin_token_file, {"LIGHTHOUSE_ADMIN_TOKEN": settings.admin_token or ""}
+    )
+    router = Router(
+        event_log,
+        requests,
+        registry,
+        presence,
+        flags,
+        metrics,
+        default_timeout_s=settings.default_timeout_s,
+        max_timeout_s=settings.max_timeout_s,
+    )
+    bridge = Bridge(
+        settings=settings,
+        store=store,
+        log=event_log,
+        registry=registry,
+        flags=flags,
+        mailboxes=mailboxes,
+        requests=requests,
+        presence=presence,
+        metrics=metrics,
+        router=router,
+        agents=AgentService(event_log, registry, vault, settings.key_grace_s),
+        vault=vault,
+        nonces=nonces,
+        verifier=verifier,
+        agent_limiter=GCRARateLimiter(settings.rate_per_s, settings.burst),
+        address_limiter=address_rate_limiter(settings.ip_rate_per_s, settings.ip_burst),
+        admin=AdminAuth(token),
+        origin=origin_policy(settings.host, settings.port, extra_origins=settings.allowed_origins),
+    )
+    if not flags.version and not settings.elicitation_default:
+        flags.state = flags.state.__class__(elicitation_enabled=False)
+    log.info(
+        "store %s opened: %d events replayed, %d agents",
+        settings.db,
+        replayed,
+        len(registry.agents),
+    )
+    return bridge
+
+
+BRIDGE = web.AppKey("bridge", Bridge)
+
+
+def create_app(settings: Settings) -> web.Application:
+    from .admin import add_admin_routes
+
+    def bridge_of(request: web.Request) -> Bridge:
+        return request.app[BRIDGE]
+
+    app = web.Application(
+        middlewares=[agent_auth(bridge_of), admin_auth(bridge_of)],
+        client_max_size=settings.max_body_bytes,
+    )
+    app.cleanup_ctx.append(_bridge_ctx(settings))
+    app.router.add_route("*", "/mcp", _mcp)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
+    add_admin_routes(app, bridge_of)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+def _bridge_ctx(settings: Settings) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        bridge = await open_bridge(settings)
+        request_state_key = _load_or_create_key(settings.keys / "request_state.key", fresh=True)
+        bridge.host = McpHost(
+            bridge.log,
+            bridge.router,
+            bridge.mailboxes,
+            bridge.presence,
+            bridge.metrics,
+            request_state_key=request_state_key,
+            max_wait_s=settings.max_wait_s,
+        )
+        bridge.mcp_handler = asgi_handler(
+            _watch_sessions(bridge.host.session_manager.handle_request, bridge),
+            scope_extras=lambda request: scope_for(request[AGENT]),
+        )
+        app[BRIDGE] = bridge
+        moved = await bridge.router.adopt_open_requests()
+        if moved:
+            log.info("moved %d elicitations of the previous run to the legacy path", moved)
+        async for _ in run_in_cleanup_ctx(bridge.host.session_manager.run)(app):
+            try:
+                yield
+            finally:
+                await bridge.router.close()
+        await bridge.close()
+
+    return ctx
+
+
+def _watch_sessions(inner: Any, bridge: Bridge) -> Any:
+    """ASGI layer: bind new session ids to their agent and count open GET streams."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = dict(scope["headers"])
+        sid = headers.get(b"mcp-session-id", b"").decode() or None
+        agent = scope.get("lighthouse.agent")
+
+        async def watch_send(message: Any) -> None:
+            if message["type"] == "http.response.start" and sid is None and agent:
+                new = dict(message.get("headers", [])).get(b"mcp-session-id")
+                if new and message["status"] < 400:
+                    bridge.presence.claim(new.decode(), agent)
+            await send(message)
+
+        streaming = scope["method"] == "GET" and sid is not None
+        if streaming:
+            bridge.presence.stream_opened(sid)
+        try:
+            await inner(scope, receive, watch_send)
+        finally:
+            if streaming:
+                bridge.presence.stream_closed(sid)
+
+    return app
+
+
+async def _mcp(request: web.Request) -> web.StreamResponse:
+    bridge = request.app[BRIDGE]
+    assert bridge.mcp_handler is not None
+    return await bridge.mcp_handler.handle(request)
+
+
+async def _health(request: web.Request) -> web.Response:
+    bridge = request.app[BRIDGE]
+    head = await bridge.store.head()
+    return web.json_response(
+        {
+            "status": "draining" if bridge.router.draining else "ok",
+            "version": package_version(),
+            "flags": bridge.flags.describe(),
+            "store": {
+                "position": head.position,
+                "head_hash": head.hash,
+                "store_id": bridge.store.store_id,
+            },
+            "sessions": bridge.presence.counts(),
+            "open_requests": len(bridge.requests.open),
+        }
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    bridge = request.app[BRIDGE]
+    state = bridge.flags.state
+    bridge.metrics.elicitation_enabled.set(1 if state.elicitation_enabled else 0)
+    bridge.metrics.rollout_percent.set(state.rollout_percent)
+    return web.Response(
+        body=bridge.metrics.render(), headers={"Content-Type": bridge.metrics.content_type}
+    )
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    bridge = app.get(BRIDGE)
+    if bridge is not None and bridge.mcp_handler is not None:
+        await bridge.mcp_handler.on_shutdown(app)
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM; then stop accepting, finish in-flight calls, flush."""
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_grace_s,
+        access_log=None,
+        print=lambda _: print(
+            f"lighthouse serving on http://{settings.host}:{settings.port} (store {settings.db})",
+            flush=True,
+        ),
+    )

@@ -1,0 +1,403 @@
+"""`lighthouse`: the command line for operators and security teams.
+
+Commands that change the store go through the running bridge's admin API when one answers
+at LIGHTHOUSE_URL, and open the store file directly (taking its writer lock) when none
+does. Errors are one clear line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from events import SqliteEventStore, StoreConfig, StoreError, verify_with_config
+from events.sqlite import migrate as migrate_store
+
+from .config import Settings, env_admin_token, env_url
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- talking to a running bridge ---------------------------------------------------------
+
+
+def _admin_token(db: Path) -> str | None:
+    token = env_admin_token()
+    if token:
+        return token
+    path = Settings(db=db).admin_token_file
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _http(
+    method: str,
+    path: str,
+    body: Any,
+    db: Path,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, Any]:
+    url = env_url() + path
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    token = _admin_token(db)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    for k, v in (headers or {}).items():
+        request.add_header(k, v)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read() or b"null")
+        except ValueError:
+            payload = None
+        return exc.code, payload
+
+
+def _server_up() -> bool:
+    try:
+        with urllib.request.urlopen(env_url() + "/health", timeout=2) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _admin_call(method: str, path: str, body: Any, db: Path, **kw: Any) -> Any:
+    status, payload = _http(method, path, body, db, **kw)
+    if status >= 400:
+        detail = (
+            payload.get("message") or payload.get("reason") if isinstance(payload, dict) else None
+        )
+        raise CliError(f"{method} {path} failed with HTTP {status}: {detail or payload}")
+    return payload
+
+
+# -- direct store access -----------------------------------------------------------------
+
+
+async def _with_bridge(db: Path, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    from .app import open_bridge
+
+    bridge = await open_bridge(Settings(db=db))
+    try:
+        return await work(bridge)
+    finally:
+        await bridge.close()
+
+
+def _direct(db: Path, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    return asyncio.run(_with_bridge(db, work))
+
+
+def _use_server(args: argparse.Namespace) -> bool:
+    return args.db is None and _server_up()
+
+
+def _db(args: argparse.Namespace) -> Path:
+    return Path(args.db) if args.db else Path("lighthouse.db")
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    serve(
+        Settings(
+            host=args.host,
+            port=args.port,
+            db=_db(args),
+            synchronous=args.synchronous,
+            admin_token=env_admin_token(),
+            elicitation_default=not args.no_elicitation,
+            rate_per_s=args.rate,
+            burst=args.burst,
+        )
+    )
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    if _use_server(args):
+        print("the running bridge applied migrations at start-up; nothing to do")
+        return EXIT_OK
+    applied = migrate_store(_db(args))
+    print(f"applied migrations {applied}" if applied else "schema is up to date")
+    return EXIT_OK
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    from .agents import AgentError
+
+    op, name = args.agents_command, getattr(args, "name", None)
+    if _use_server(args):
+        db = _db(args)
+        if op == "add":
+            body = {"name": name, "roles": args.role, "capabilities": args.capability}
+            result = _admin_call("POST", "/admin/agents", body, db)
+        elif op == "list":
+            result = _admin_call("GET", "/admin/agents", None, db)
+        else:
+            action = "rotate" if op == "rotate-key" else "revoke"
+            result = _admin_call("POST", f"/admin/agents/{name}/{action}", {}, db)
+    else:
+
+        async def work(bridge: Any) -> Any:
+            agents = bridge.agents
+            if op == "add":
+                return await agents.add(name, args.role, args.capability, "cli")
+            if op == "list":
+                return {"agents": agents.list()}
+            if op == "rotate-key":
+                return await agents.rotate(name, "cli")
+            return await agents.revoke(name, "cli")
+
+        try:
+            result = _direct(_db(args), work)
+        except AgentError as exc:
+            raise CliError(str(exc)) from None
+    print(json.dumps(result, indent=None if op == "add" else 2))
+    return EXIT_OK
+
+
+def cmd_flags(args: argparse.Namespace) -> int:
+    db = _db(args)
+    if args.flags_command == "show":
+        if _use_server(args):
+            print(json.dumps(_admin_call("GET", "/feature_flags", None, db), indent=2))
+            return EXIT_OK
+        return _direct(db, lambda b: _print_async(b.flags.describe()))
+    change = _flag_change(args)
+    headers = {"If-Match": str(args.if_version)} if args.if_version is not None else None
+    if _use_server(args):
+        print(
+            json.dumps(_admin_call("POST", "/feature_flags", change, db, headers=headers), indent=2)
+        )
+        return EXIT_OK
+    raise CliError(
+        "no bridge answers at LIGHTHOUSE_URL; start `lighthouse serve` to change "
+        "flags (changes apply to the running bridge at once)",
+        EXIT_UNAVAILABLE,
+    )
+
+
+async def _print_async(payload: Any) -> int:
+    print(json.dumps(payload, indent=2))
+    return EXIT_OK
+
+
+def _flag_change(args: argparse.Namespace) -> dict[str, Any]:
+    change: dict[str, Any] = {}
+    if args.enable:
+        change["elicitation_enabled"] = True
+    if args.disable:
+        change["elicitation_enabled"] = False
+    if args.rollout is not None:
+        change["rollout_percent"] = args.rollout
+    if args.force:
+        change["force"] = True
+    overrides: dict[str, bool | None] = {}
+    for spec in args.override or []:
+        agent, _, value = spec.partition("=")
+        mapping = {"on": True, "true": True, "off": False, "false": False, "clear": None}
+        if not agent or value.lower() not in mapping:
+            raise CliError(f"--override {spec!r}: use AGENT=on|off|clear", EXIT_USAGE)
+        overrides[agent] = mapping[value.lower()]
+    if overrides:
+        change["overrides"] = overrides
+    if args.reason:
+        change["reason"] = args.reason
+    if not change:
+        raise CliError("flags set: nothing to change (see --help)", EXIT_USAGE)
+    return change
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    if not _server_up():
+        raise CliError(
+            "no bridge answers at LIGHTHOUSE_URL; nothing is in flight to drain", EXIT_UNAVAILABLE
+        )
+    if sys.stderr.isatty():
+        print(
+            f"draining: waiting up to {args.timeout:g}s for in-flight elicitations…",
+            file=sys.stderr,
+        )
+    result = _admin_call(
+        "POST", "/admin/drain", {"timeout": args.timeout}, _db(args), timeout=args.timeout + 30
+    )
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    db = _db(args)
+    if not db.exists():
+        raise CliError(f"no store at {db}", EXIT_UNAVAILABLE)
+    config = StoreConfig(
+        path=db, readonly=True, checkpoint_file=Path(args.checkpoint) if args.checkpoint else None
+    )
+    pem = Path(args.public_key).read_bytes() if args.public_key else None
+    progress = _progress("verifying") if sys.stderr.isatty() else None
+
+    async def run() -> Any:
+        store = await SqliteEventStore.open(config)
+        try:
+            return await verify_with_config(store, config, public_key_pem=pem, progress=progress)
+        finally:
+            await store.close()
+
+    report = asyncio.run(run())
+    if progress is not None:
+        print(file=sys.stderr)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "size": report.size,
+                    "records_checked": report.records_checked,
+                    "checkpoints_checked": report.checkpoints_checked,
+                    "last_checkpoint": report.last_checkpoint,
+                    "problems": [
+                        {"position": p.position, "kind": p.kind, "detail": p.detail}
+                        for p in report.problems
+                    ],
+                }
+            )
+        )
+    elif report.ok:
+        print(
+            f"OK: {report.records_checked} events, chain intact, "
+            f"{report.checkpoints_checked} signed checkpoints hold "
+            f"(last covers {report.last_checkpoint})"
+        )
+    else:
+        first = report.first
+        assert first is not None
+        print(f"FAILED at position {first.position}: {first.kind}: {first.detail}")
+        for p in report.problems[1:10]:
+            print(f"  also at {p.position}: {p.kind}: {p.detail}")
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        pct = 100 * done // total if total else 100
+        print(f"\r{label}: {done}/{total} ({pct}%)", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lighthouse", description=__doc__.splitlines()[0])
+    p.add_argument("--log-level", default=os.environ.get("LIGHTHOUSE_LOG_LEVEL", "WARNING"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_db(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--db", help="store file (default ./lighthouse.db)")
+        return sp
+
+    s = with_db(sub.add_parser("serve", help="run the bridge"))
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--synchronous", default="FULL", choices=["NORMAL", "FULL", "EXTRA"])
+    s.add_argument("--rate", type=float, default=50.0, help="requests/s per agent")
+    s.add_argument("--burst", type=int, default=100, help="burst per agent")
+    s.add_argument(
+        "--no-elicitation",
+        action="store_true",
+        help="start with elicitation off (until a flag change)",
+    )
+    s.set_defaults(func=cmd_serve)
+
+    with_db(sub.add_parser("migrate", help="apply schema migrations")).set_defaults(
+        func=cmd_migrate
+    )
+
+    a = sub.add_parser("agents", help="register agents and manage their keys")
+    asub = a.add_subparsers(dest="agents_command", required=True)
+    add = with_db(asub.add_parser("add", help="register an agent; prints its secret once"))
+    add.add_argument("name")
+    add.add_argument("--role", action="append", default=[])
+    add.add_argument("--capability", action="append", default=[])
+    with_db(asub.add_parser("list"))
+    for name in ("rotate-key", "revoke"):
+        with_db(asub.add_parser(name)).add_argument("name")
+    a.set_defaults(func=cmd_agents)
+
+    f = sub.add_parser("flags", help="show or change the elicitation flag")
+    fsub = f.add_subparsers(dest="flags_command", required=True)
+    with_db(fsub.add_parser("show"))
+    fs = with_db(fsub.add_parser("set"))
+    onoff = fs.add_mutually_exclusive_group()
+    onoff.add_argument("--enable", action="store_true", help="elicitation on")
+    onoff.add_argument("--disable", action="store_true", help="elicitation off (kill switch)")
+    fs.add_argument("--rollout", type=int, metavar="PERCENT")
+    fs.add_argument("--override", action="append", metavar="AGENT=on|off|clear")
+    fs.add_argument(
+        "--force",
+        action="store_true",
+        help="also move in-flight elicitations to the legacy path now",
+    )
+    fs.add_argument("--reason", help="recorded with the change")
+    fs.add_argument("--if-version", type=int, help="refuse if flags changed since VERSION")
+    f.set_defaults(func=cmd_flags)
+
+    d = with_db(sub.add_parser("drain", help="finish or move in-flight elicitations"))
+    d.add_argument("--timeout", type=float, default=30.0)
+    d.set_defaults(func=cmd_drain)
+
+    v = with_db(sub.add_parser("verify", help="check the hash chain and signed checkpoints"))
+    v.add_argument("--checkpoint", help="checkpoint file (default: beside the store)")
+    v.add_argument("--public-key", help="checkpoint public key PEM (default: from the key dir)")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"lighthouse: {exc}", file=sys.stderr)
+        return exc.code
+    except (StoreError, OSError, ValueError) as exc:
+        print(f"lighthouse: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Every knob of a running bridge in one typed place, filled from the command line and env.
+
+Anything secret (admin token) comes from the environment or a file, never from argv, which
+other users of the machine can read in the process list.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from events import StoreConfig
+
+DEFAULT_URL = "http://127.0.0.1:8765"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    db: Path = Path("lighthouse.db")
+    key_dir: Path | None = None
+    checkpoint_file: Path | None = None
+    synchronous: str = "FULL"
+    checkpoint_every: int = 1000
+    checkpoint_interval: float = 10.0
+    # security
+    skew_s: float = 300.0
+    rate_per_s: float = 50.0
+    burst: int = 100
+    ip_rate_per_s: float = 500.0
+    ip_burst: int = 1000
+    key_grace_s: float = 3600.0
+    max_body_bytes: int = 1 << 20
+    trusted_proxies: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    # delivery
+    elicitation_default: bool = True
+    max_wait_s: float = 25.0
+    default_timeout_s: float = 60.0
+    max_timeout_s: float = 3600.0
+    shutdown_grace_s: float = 10.0
+    # guard (auto-rollback)
+    guard_error_rate: float = 0.05
+    guard_p99_ms: float = 1000.0
+    guard_min_samples: int = 20
+    guard_window_s: float = 60.0
+    log_level: str = "INFO"
+    admin_token: str | None = field(default=None, repr=False)
+
+    @property
+    def keys(self) -> Path:
+        return self.key_dir or self.db.with_name(self.db.name + ".keys")
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.keys / "admin.token"
+
+    @property
+    def master_key_file(self) -> Path:
+        return self.keys / "master.key"
+
+    @property
+    def nonce_db(self) -> Path:
+        return self.db.with_name(self.db.name + ".nonces")
+
+    def store_config(self, *, readonly: bool = False) -> StoreConfig:
+        return StoreConfig(
+            path=self.db,
+            key_dir=self.key_dir,
+            checkpoint_file=self.checkpoint_file,
+            synchronous=self.synchronous,
+            checkpoint_every=self.checkpoint_every,
+            checkpoint_interval=self.checkpoint_interval,
+            readonly=readonly,
+        )
+
+
+def env_admin_token() -> str | None:
+    return os.environ.get("LIGHTHOUSE_ADMIN_TOKEN") or None
+
+
+def env_url() -> str:
+    return os.environ.get("LIGHTHOUSE_URL", DEFAULT_URL).rstrip("/")

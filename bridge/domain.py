@@ -1,0 +1,96 @@
+"""The bridge's vocabulary: event types, stream names, and the shapes of their data.
+
+Every interaction is a fact in the log; the bridge's in-memory state (agents, sessions,
+mailboxes, pending requests, flags) is a projection of these facts and can always be
+rebuilt from them. Data never carries secret material.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+# Agents and keys
+AGENT_REGISTERED: Final = "AgentRegistered"
+AGENT_KEY_ISSUED: Final = "AgentKeyIssued"
+AGENT_KEY_ROTATED: Final = "AgentKeyRotated"
+AGENT_REVOKED: Final = "AgentRevoked"
+# Sessions
+SESSION_OPENED: Final = "SessionOpened"
+SESSION_CLOSED: Final = "SessionClosed"
+# Messages and the legacy mailbox
+MESSAGE_SENT: Final = "MessageSent"
+MESSAGE_DELIVERED: Final = "MessageDelivered"
+MAILBOX_ACKNOWLEDGED: Final = "MailboxAcknowledged"
+# Requests (`ask`)
+REQUEST_CREATED: Final = "RequestCreated"
+REQUEST_ROUTED: Final = "RequestRouted"
+REQUEST_DELIVERED: Final = "RequestDelivered"
+REQUEST_FELL_BACK: Final = "RequestFellBack"
+REQUEST_ANSWERED: Final = "RequestAnswered"
+REQUEST_DECLINED: Final = "RequestDeclined"
+REQUEST_CANCELLED: Final = "RequestCancelled"
+REQUEST_TIMED_OUT: Final = "RequestTimedOut"
+REQUEST_EXPIRED: Final = "RequestExpired"
+ANSWER_REJECTED: Final = "AnswerRejected"
+# Operations
+FLAG_CHANGED: Final = "FlagChanged"
+DRAIN_STARTED: Final = "DrainStarted"
+DRAIN_FINISHED: Final = "DrainFinished"
+REPAIR_COMPLETED: Final = "RepairCompleted"
+DAMAGE_ACCEPTED: Final = "DamageAccepted"
+AUTO_ROLLBACK: Final = "AutoRollbackTriggered"
+# Security
+AUTH_REJECTED: Final = "AuthRejected"
+RATE_LIMITED: Final = "RateLimited"
+ADMIN_AUTH_FAILED: Final = "AdminAuthFailed"
+
+TERMINAL_TYPES: Final = frozenset(
+    {REQUEST_ANSWERED, REQUEST_DECLINED, REQUEST_CANCELLED, REQUEST_TIMED_OUT, REQUEST_EXPIRED}
+)
+STATUS_BY_TERMINAL: Final = {
+    REQUEST_ANSWERED: "accepted",
+    REQUEST_DECLINED: "declined",
+    REQUEST_CANCELLED: "cancelled",
+    REQUEST_TIMED_OUT: "timeout",
+    REQUEST_EXPIRED: "timeout",
+}
+TERMINAL_BY_ACTION: Final = {
+    "accept": REQUEST_ANSWERED,
+    "decline": REQUEST_DECLINED,
+    "cancel": REQUEST_CANCELLED,
+}
+
+SECURITY_STREAM: Final = "security"
+FLAGS_STREAM: Final = "flags"
+OPS_STREAM: Final = "operations"
+
+
+def agent_stream(agent: str) -> str:
+    return f"agent-{agent}"
+
+
+def request_stream(request_id: str) -> str:
+    return f"request-{request_id}"
+
+
+def message_stream(message_id: str) -> str:
+    return f"message-{message_id}"
+
+
+def mailbox_stream(agent: str) -> str:
+    return f"mailbox-{agent}"
+
+
+def session_stream(session_id: str) -> str:
+    return f"session-{session_id}"
+
+
+class Fact(NamedTuple):
+    """What projections need of a stored event (hashes stay in the store)."""
+
+    position: int
+    stream: str
+    type: str
+    data: dict
+    actor: str
+    time: float

@@ -1,0 +1,77 @@
+"""The bridge's single path to the event store: append, then update every projection.
+
+Projections are applied in-process right after the append is durable, so the code that
+appended reads its own write at once; at start-up the same `apply` functions replay the
+whole log, which is what makes the in-memory state a projection and not a second truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from events import ANY_VERSION, EventStore, NewEvent
+
+from .domain import Fact
+
+
+class Projection(Protocol):
+    def apply(self, fact: Fact) -> None: ...
+
+
+class Log:
+    """Appends through the store and feeds each new fact to the projections exactly once."""
+
+    _REPLAY_PAGE = 5000
+
+    def __init__(self, store: EventStore, projections: Sequence[Projection]) -> None:
+        self.store = store
+        self._projections = list(projections)
+        self._watermark = 0  # every position <= watermark has been applied
+        self._above: set[int] = set()
+
+    async def replay(self) -> int:
+        """Rebuild every projection from the whole log; returns the number of facts."""
+        position, count = 1, 0
+        while True:
+            page = await self.store.read_all(position, limit=self._REPLAY_PAGE)
+            for r in page:
+                self._apply(Fact(r.position, r.stream, r.type, r.data, r.actor, r.time))
+            count += len(page)
+            if len(page) < self._REPLAY_PAGE:
+                return count
+            position = page[-1].position + 1
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_version: int = ANY_VERSION
+    ) -> list[int]:
+        positions = await self.store.append(stream, events, expected_version)
+        for position, event in zip(positions, events, strict=True):
+            self._apply(Fact(position, stream, event.type, event.data, event.actor, event.time))
+        return positions
+
+    async def append_events(
+        self,
+        stream: str,
+        actor: str,
+        events: Sequence[tuple[str, dict]],
+        expected_version: int = ANY_VERSION,
+    ) -> list[int]:
+        """Append several (type, data) facts by one actor atomically."""
+        batch = [NewEvent(type=t, data=d, actor=actor) for t, d in events]
+        return await self.append(stream, batch, expected_version)
+
+    async def record(self, stream: str, type_: str, data: dict, actor: str = "bridge") -> int:
+        """Append one event with no concurrency expectation; returns its position."""
+        event = NewEvent(type=type_, data=data, actor=actor)
+        return (await self.append(stream, [event]))[0]
+
+    def _apply(self, fact: Fact) -> None:
+        if fact.position <= self._watermark or fact.position in self._above:
+            return  # an idempotent retry handed back positions already applied
+        for projection in self._projections:
+            projection.apply(fact)
+        self._above.add(fact.position)
+        while self._watermark + 1 in self._above:
+            self._watermark += 1
+            self._above.remove(self._watermark)

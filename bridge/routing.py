@@ -1,0 +1,537 @@
+"""`ask`: create the request, pick the delivery path, and take exactly one answer.
+
+The request's life is a short series of facts in its own stream: created, routed (or
+fallen back) with the path, delivered, then exactly one terminal fact — answered,
+declined, cancelled, timed out or expired. Elicitation and the legacy mailbox may both be
+live for one request after a fallback; whichever answers first closes it, and every later
+answer is refused and recorded. The claim on a request is taken synchronously before the
+terminal append, so two answers racing on the event loop cannot both win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp.shared.exceptions import MCPError
+
+from security import KeyRegistry
+
+from .domain import (
+    ANSWER_REJECTED,
+    REQUEST_CREATED,
+    REQUEST_DELIVERED,
+    REQUEST_FELL_BACK,
+    REQUEST_ROUTED,
+    REQUEST_TIMED_OUT,
+    STATUS_BY_TERMINAL,
+    TERMINAL_BY_ACTION,
+    TERMINAL_TYPES,
+    Fact,
+    request_stream,
+)
+from .flags import Flags, FlagState
+from .log import Log
+from .metrics import Metrics
+from .schema import ContentError, check_content, check_schema
+from .sessions import LiveSession, Presence
+
+log = logging.getLogger(__name__)
+
+
+class AskError(ValueError):
+    """The ask cannot be made (bad target, schema or timeout); nothing was recorded."""
+
+
+class AnswerRefused(Exception):
+    """An answer that is not accepted; `reason` is the stable code recorded in the log."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class OpenRequest:
+    """A request without a terminal fact yet (a projection of its stream)."""
+
+    request_id: str
+    caller: str
+    recipient: str
+    message: str
+    schema: dict[str, Any]
+    deadline: float
+    created_at: float
+    path: str = "legacy"
+    closing: bool = False
+    answer: asyncio.Future[dict[str, Any]] | None = None
+    delivery: asyncio.Task[None] | None = None
+    offered: bool = False  # handed to a 2026-07-28 wait call
+    elicitation_rounds: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Requests:
+    """Projection: the open requests and how each closed (for late-answer refusals)."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, OpenRequest] = {}
+        self.closed: dict[str, str] = {}  # request id -> terminal type
+
+    def apply(self, fact: Fact) -> None:
+        data = fact.data
+        if fact.type == REQUEST_CREATED:
+            self.open[data["request_id"]] = OpenRequest(
+                data["request_id"],
+                data["from"],
+                data["recipient"],
+                data["message"],
+                data["schema"],
+                data["deadline"],
+                fact.time,
+            )
+        elif fact.type in (REQUEST_ROUTED, REQUEST_FELL_BACK):
+            req = self.open.get(data["request_id"])
+            if req is not None:
+                req.path = data.get("path", "legacy")
+        elif fact.type in TERMINAL_TYPES:
+            self.closed[data["request_id"]] = fact.type
+            self.open.pop(data["request_id"], None)
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Router:
+    def __init__(
+        self,
+        log_: Log,
+        requests: Requests,
+        registry: KeyRegistry,
+        presence: Presence,
+        flags: Flags,
+        metrics: Metrics,
+        *,
+        default_timeout_s: float = 60.0,
+        max_timeout_s: float = 3600.0,
+    ) -> None:
+        self.log = log_
+        self.requests = requests
+        self.registry = registry
+        self.presence = presence
+        self.flags = flags
+        self.metrics = metrics
+        self.default_timeout_s = default_timeout_s
+        self.max_timeout_s = max_timeout_s
+        self.draining = False
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.elicitation_observer: Any = None  # the auto-rollback guard's sample sink
+        self.wake: Any = lambda agent: None  # wakes the recipient's pending wait call
+        flags.on_change(self._flags_changed)
+
+    # -- asking ---------------------------------------------------------------------------
+
+    async def ask(
+        self, caller: str, to: str, message: str, schema: object, timeout_s: float | None
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        checked = self._check_ask(to, message, schema, timeout_s)
+        recipient = self._resolve(caller, to)
+        timeout = checked
+        request_id = uuid.uuid4().hex
+        deadline = _now() + timeout
+        path, reason = self._choose_path(recipient)
+        created = {
+            "request_id": request_id,
+            "from": caller,
+            "to": to,
+            "recipient": recipient,
+            "message": message,
+            "schema": schema,
+            "timeout_s": timeout,
+            "deadline": deadline,
+        }
+        routed_type = (
+            REQUEST_ROUTED if path == "elicitation" or reason == "offline" else REQUEST_FELL_BACK
+        )
+        routed = {
+            "request_id": request_id,
+            "recipient": recipient,
+            "path": path,
+            "reason" if routed_type == REQUEST_ROUTED else "cause": reason,
+        }
+        await self.log.append_events(
+            request_stream(request_id),
+            caller,
+            [
+                (REQUEST_CREATED, created),
+                (routed_type, routed),
+            ],
+            expected_version=0,
+        )
+        if path == "legacy" and reason != "offline":
+            self.metrics.fallbacks.labels(reason).inc()
+        req = self.requests.open[request_id]
+        req.answer = asyncio.get_running_loop().create_future()
+        self._arm_timeout(req)
+        if path == "elicitation":
+            self._start_elicitation(req)
+        try:
+            result = await asyncio.shield(req.answer)
+        finally:
+            self._disarm(req)
+        self.metrics.asks.labels(result["path"], result["status"]).inc()
+        self.metrics.ask_latency.labels(result["path"]).observe(time.perf_counter() - started)
+        return result
+
+    def _check_ask(self, to: str, message: str, schema: object, timeout_s: float | None) -> float:
+        if not isinstance(to, str) or not to:
+            raise AskError("to: must name an agent, role:NAME or capability:NAME")
+        if not isinstance(message, str) or not message:
+            raise AskError("message: must be a non-empty string")
+        try:
+            check_schema(schema)
+        except ValueError as exc:
+            raise AskError(str(exc)) from None
+        timeout = self.default_timeout_s if timeout_s is None else timeout_s
+        if not isinstance(timeout, int | float) or not 0 < timeout <= self.max_timeout_s:
+            raise AskError(f"timeout_s: must be > 0 and <= {self.max_timeout_s:g}")
+        return float(timeout)
+
+    def _resolve(self, caller: str, to: str) -> str:
+        kind, _, name = to.partition(":")
+        agents = self.registry.agents
+        if kind in ("role", "capability") and name:
+            attr = "roles" if kind == "role" else "capabilities"
+            matches = [
+                a
+                for a in agents.values()
+                if not a.revoked and name in getattr(a, attr) and a.agent != caller
+            ]
+            if not matches:
+                raise AskError(f"to: no agent has {kind} {name!r}")
+            online = [a for a in matches if self.presence.online(a.agent)]
+            pool = online or matches
+            return min(pool, key=lambda a: self._load(a.agent)).agent
+        info = agents.get(to)
+        if info is None or info.revoked:
+            raise AskError(f"to: unknown or revoked agent {to!r}")
+        return to
+
+    def _load(self, agent: str) -> int:
+        return sum(1 for r in self.requests.open.values() if r.recipient == agent)
+
+    def _choose_path(self, recipient: str) -> tuple[str, str]:
+        if not (self.presence.online(recipient)):
+            return "legacy", "offline"
+        if self.draining:
+            return "legacy", "draining"
+        if not self.flags.elicitation_for(recipient):
+            return "legacy", "flag_off"
+        if self.presence.push_target(recipient) or self.presence.modern_reachable(recipient):
+            return "elicitation", "eligible"
+        if not self.presence.elicitation_capable(recipient):
+            return "legacy", "no_capability"
+        return "legacy", "no_stream"
+
+    # -- timeouts -------------------------------------------------------------------------
+
+    def _arm_timeout(self, req: OpenRequest) -> None:
+        delay = max(0.0, req.deadline - _now())
+        loop = asyncio.get_running_loop()
+        self._timers[req.request_id] = loop.call_later(
+            delay, lambda: self._spawn(self._expire(req))
+        )
+
+    def _disarm(self, req: OpenRequest) -> None:
+        timer = self._timers.pop(req.request_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _expire(self, req: OpenRequest) -> None:
+        with contextlib.suppress(AnswerRefused):
+            await self._close(
+                req,
+                REQUEST_TIMED_OUT,
+                {"request_id": req.request_id},
+                "bridge",
+                path=req.path,
+                content=None,
+            )
+
+    # -- answering ------------------------------------------------------------------------
+
+    async def answer(
+        self, request_id: str, by: str, action: str, content: object, path: str
+    ) -> dict[str, Any]:
+        """Accept one answer for an open request, or refuse it and record why."""
+        req = self.requests.open.get(request_id)
+        try:
+            terminal = self._check_answer(req, request_id, by, action, content)
+        except AnswerRefused as refused:
+            await self._record_refusal(request_id, by, path, refused, content)
+            raise
+        assert req is not None
+        data = {"request_id": request_id, "by": by, "path": path}
+        if action == "accept":
+            data["content"] = content
+        return await self._close(
+            req, terminal, data, by, path=path, content=content if action == "accept" else None
+        )
+
+    def _check_answer(
+        self, req: OpenRequest | None, request_id: str, by: str, action: str, content: object
+    ) -> str:
+        if req is None or req.closing:
+            if request_id in self.requests.closed or (req is not None and req.closing):
+                raise AnswerRefused("already_closed", "this request already has its answer")
+            raise AnswerRefused("unknown_request", f"no request {request_id!r}")
+        if by != req.recipient:
+            raise AnswerRefused("not_recipient", "only the request's recipient may answer it")
+        terminal = TERMINAL_BY_ACTION.get(action)
+        if terminal is None:
+            raise AnswerRefused("bad_action", "action must be accept, decline or cancel")
+        if action == "accept":
+            try:
+                check_content(req.schema, content)
+            except ContentError as exc:
+                raise AnswerRefused(
+                    "invalid_content", f"content does not match schema: {exc}"
+                ) from None
+        return terminal
+
+    async def _record_refusal(
+        self, request_id: str, by: str, path: str, refused: AnswerRefused, content: object
+    ) -> None:
+        stream = (
+            request_stream(request_id)
+            if request_id in self.requests.open or request_id in self.requests.closed
+            else "requests-unknown"
+        )
+        await self.log.record(
+            stream,
+            ANSWER_REJECTED,
+            {
+                "request_id": request_id,
+                "by": by,
+                "path": path,
+                "reason": refused.reason,
+                "detail": str(refused),
+                "content": content,
+            },
+            actor=by,
+        )
+
+    async def _close(
+        self,
+        req: OpenRequest,
+        terminal: str,
+        data: dict[str, Any],
+        actor: str,
+        *,
+        path: str,
+        content: object,
+    ) -> dict[str, Any]:
+        if req.closing:
+            raise AnswerRefused("already_closed", "this request already has its answer")
+        req.closing = True  # claimed before the await: a racing answer is refused above
+        try:
+            await self.log.record(request_stream(req.request_id), terminal, data, actor=actor)
+        except Exception:
+            req.closing = False
+            raise
+        self._disarm(req)
+        if req.delivery is not None and req.delivery is not asyncio.current_task():
+            req.delivery.cancel()
+        result = {
+            "request_id": req.request_id,
+            "status": STATUS_BY_TERMINAL[terminal],
+            "content": content,
+            "path": path,
+        }
+        if req.answer is not None and not req.answer.done():
+            req.answer.set_result(result)
+        return result
+
+    # -- elicitation ----------------------------------------------------------------------
+
+    def _start_elicitation(self, req: OpenRequest) -> None:
+        target = self.presence.push_target(req.recipient)
+        if target is not None:
+            req.delivery = self._spawn(self._push(req, *target))
+        else:
+            self._offer(req)
+
+    async def _push(self, req: OpenRequest, session: LiveSession, related: Any) -> None:
+        """Send elicitation/create to the recipient's session and take its answer."""
+        self.metrics.elicitations_in_flight.inc()
+        req.extra["session_id"] = session.session_id
+        started = time.perf_counter()
+        try:
+            await self.log.record(
+                request_stream(req.request_id),
+                REQUEST_DELIVERED,
+                {
+                    "request_id": req.request_id,
+                    "to": req.recipient,
+                    "path": "elicitation",
+                    "session_id": session.session_id,
+                    "item": req.request_id,
+                },
+                actor="bridge",
+            )
+            while not req.closing:
+                remaining = req.deadline - _now()
+                if remaining <= 0:
+                    return
+                async with asyncio.timeout(remaining):
+                    result = await session.handle.elicit_form(
+                        req.message, req.schema, related_request_id=related
+                    )
+                self._observe(True, started)
+                try:
+                    await self.answer(
+                        req.request_id, req.recipient, result.action, result.content, "elicitation"
+                    )
+                    return
+                except AnswerRefused as refused:
+                    if refused.reason != "invalid_content":
+                        return
+                    related = self._refresh_related(session)
+        except TimeoutError:
+            return
+        except (MCPError, OSError, RuntimeError, AttributeError) as exc:
+            self._observe(False, started)
+            gone = self.presence.get(session.session_id) is None
+            cause = "session_gone" if gone else "transport_error"
+            log.info("elicitation of %s failed (%s): %s", req.request_id, cause, exc)
+            await self.fall_back(req, cause)
+        finally:
+            self.metrics.elicitations_in_flight.dec()
+
+    def _refresh_related(self, session: LiveSession) -> Any:
+        return next(reversed(session.waits)) if session.waits else None
+
+    def _observe(self, ok: bool, started: float) -> None:
+        self.metrics.elicitations.labels("answered" if ok else "failed").inc()
+        if self.elicitation_observer is not None:
+            self.elicitation_observer(ok, time.perf_counter() - started)
+
+    def _offer(self, req: OpenRequest) -> None:
+        """Queue for the recipient's pending 2026-07-28 `wait_for_messages` call."""
+        req.offered = False
+        self.wake(req.recipient)
+
+    def offers_for(self, agent: str, limit: int) -> list[OpenRequest]:
+        now = _now()
+        found = [
+            r
+            for r in self.requests.open.values()
+            if r.recipient == agent
+            and r.path == "elicitation"
+            and not r.closing
+            and r.delivery is None
+            and r.deadline > now
+        ]
+        found.sort(key=lambda r: r.created_at)
+        return found[:limit]
+
+    async def mark_offered(self, reqs: list[OpenRequest]) -> None:
+        await asyncio.gather(
+            *(
+                self.log.record(
+                    request_stream(r.request_id),
+                    REQUEST_DELIVERED,
+                    {
+                        "request_id": r.request_id,
+                        "to": r.recipient,
+                        "path": "elicitation",
+                        "session_id": None,
+                        "item": r.request_id,
+                    },
+                    actor="bridge",
+                )
+                for r in reqs
+                if not r.offered
+            )
+        )
+        for r in reqs:
+            r.offered = True
+
+    # -- fallback -------------------------------------------------------------------------
+
+    async def fall_back(self, req: OpenRequest, cause: str) -> bool:
+        """Move an elicitation-path request to the recipient's legacy mailbox (once)."""
+        if req.closing or req.path != "elicitation" or req.request_id not in self.requests.open:
+            return False
+        if req.delivery is not None and req.delivery is not asyncio.current_task():
+            req.delivery.cancel()
+        req.delivery = None
+        await self.log.record(
+            request_stream(req.request_id),
+            REQUEST_FELL_BACK,
+            {
+                "request_id": req.request_id,
+                "recipient": req.recipient,
+                "path": "legacy",
+                "cause": cause,
+            },
+            actor="bridge",
+        )
+        self.metrics.fallbacks.labels(cause).inc()
+        return True
+
+    def in_flight(self) -> list[OpenRequest]:
+        return [r for r in self.requests.open.values() if r.path == "elicitation" and not r.closing]
+
+    async def fall_back_all(self, cause: str, agents: set[str] | None = None) -> int:
+        moved = await asyncio.gather(
+            *(
+                self.fall_back(r, cause)
+                for r in self.in_flight()
+                if agents is None or r.recipient in agents
+            )
+        )
+        return sum(moved)
+
+    def _flags_changed(self, old: FlagState, new: FlagState) -> None:
+        if not new.force:
+            return
+        excluded = {
+            r.recipient for r in self.in_flight() if not self.flags.elicitation_for(r.recipient)
+        }
+        if excluded:
+            self._spawn(self.fall_back_all("kill_switch", excluded))
+
+    async def session_gone(self, session_id: str) -> None:
+        for req in self.in_flight():
+            if req.extra.get("session_id") == session_id:
+                await self.fall_back(req, "session_gone")
+
+    async def adopt_open_requests(self) -> int:
+        """After a restart: deadline timers back, and elicitations (whose sessions died
+        with the old process) moved to the legacy mailbox. Returns how many moved."""
+        for req in self.requests.open.values():
+            if req.request_id not in self._timers:
+                self._arm_timeout(req)
+        return await self.fall_back_all("bridge_restart")
+
+    async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)

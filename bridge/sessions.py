@@ -1,0 +1,134 @@
+"""Who is connected right now, and through what a question can reach them.
+
+Live state only — the log keeps SessionOpened/SessionClosed for the record, but a session
+handle cannot be rebuilt from history. A 2025-era session can be pushed to while it has a
+pending call (the push rides that call's stream) or an open standalone GET stream; the SDK
+silently drops pushes that have neither, so we never pick such a session. A 2026-07-28
+client has no session: it is reachable while it holds a `wait_for_messages` call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+MODERN_PROTOCOL = "2026-07-28"
+MODERN_SEEN_S = 60.0
+
+
+@dataclass(slots=True)
+class LiveSession:
+    session_id: str
+    agent: str
+    protocol: str
+    elicitation: bool
+    handle: Any  # mcp.server.session.ServerSession
+    get_streams: int = 0
+    waits: dict[Any, None] = field(default_factory=dict)  # pending wait call request ids
+    opened_at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class ModernClient:
+    """A 2026-07-28 agent: reachable through its pending waits."""
+
+    waiting: int = 0
+    elicitation: bool = False
+    last_seen: float = 0.0
+
+
+class Presence:
+    def __init__(self) -> None:
+        self._sessions: dict[str, LiveSession] = {}
+        self._owners: dict[str, str] = {}
+        self._modern: dict[str, ModernClient] = {}
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def owner(self, session_id: str) -> str | None:
+        return self._owners.get(session_id)
+
+    def claim(self, session_id: str, agent: str) -> None:
+        """Bind a freshly issued session id to the agent whose request created it."""
+        self._owners[session_id] = agent
+
+    def open(self, session: LiveSession) -> None:
+        self._owners[session.session_id] = session.agent
+        self._sessions[session.session_id] = session
+
+    def close(self, session_id: str) -> LiveSession | None:
+        self._owners.pop(session_id, None)
+        return self._sessions.pop(session_id, None)
+
+    def get(self, session_id: str | None) -> LiveSession | None:
+        return self._sessions.get(session_id) if session_id else None
+
+    def stream_opened(self, session_id: str) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.get_streams += 1
+
+    def stream_closed(self, session_id: str) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.get_streams = max(0, session.get_streams - 1)
+
+    def sessions_of(self, agent: str) -> list[LiveSession]:
+        return [s for s in self._sessions.values() if s.agent == agent]
+
+    def push_target(self, agent: str) -> tuple[LiveSession, Any] | None:
+        """A session that declared elicitation and has a stream a push can ride.
+
+        Prefers a pending call (its stream is open by definition) over the GET stream.
+        """
+        fallback = None
+        for session in reversed(self.sessions_of(agent)):
+            if not session.elicitation:
+                continue
+            if session.waits:
+                return session, next(reversed(session.waits))
+            if session.get_streams > 0 and fallback is None:
+                fallback = (session, None)
+        return fallback
+
+    # -- 2026-07-28 clients ----------------------------------------------------------------
+
+    def modern(self, agent: str) -> ModernClient:
+        client = self._modern.get(agent)
+        if client is None:
+            client = self._modern[agent] = ModernClient()
+        return client
+
+    def seen_modern(self, agent: str, elicitation: bool) -> ModernClient:
+        client = self.modern(agent)
+        client.elicitation = elicitation
+        client.last_seen = time.time()
+        return client
+
+    def modern_reachable(self, agent: str) -> bool:
+        client = self._modern.get(agent)
+        return (
+            client is not None
+            and client.elicitation
+            and (client.waiting > 0 or time.time() - client.last_seen < MODERN_SEEN_S)
+        )
+
+    # -- summary ---------------------------------------------------------------------------
+
+    def online(self, agent: str) -> bool:
+        client = self._modern.get(agent)
+        modern = client is not None and (
+            client.waiting > 0 or time.time() - client.last_seen < MODERN_SEEN_S
+        )
+        return modern or any(True for _ in self.sessions_of(agent))
+
+    def elicitation_capable(self, agent: str) -> bool:
+        return self.modern_reachable(agent) or any(s.elicitation for s in self.sessions_of(agent))
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self._sessions.values():
+            out[s.protocol] = out.get(s.protocol, 0) + 1
+        out[MODERN_PROTOCOL] = sum(1 for c in self._modern.values() if c.waiting > 0)
+        return out

