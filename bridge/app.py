@@ -38,7 +38,9 @@ from .agents import AgentService, RegistryProjection
 from .asgi import ASGIHandler, asgi_handler, run_in_cleanup_ctx
 from .auth import AGENT, admin_auth, agent_auth
 from .config import Settings
+from .domain import FLAG_CHANGED, FLAGS_STREAM
 from .flags import Flags
+from .guard import Guard
 from .log import Log
 from .mailbox import Mailboxes
 from .mcp_host import McpHost, scope_for
@@ -78,6 +80,7 @@ class Bridge:
     origin: OriginPolicy
     host: McpHost | None = None
     mcp_handler: ASGIHandler | None = None
+    guard: Guard | None = None
 
     async def close(self) -> None:
         await self.router.close()
@@ -151,8 +154,17 @@ async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) ->
         admin=AdminAuth(token),
         origin=origin_policy(settings.host, settings.port, extra_origins=settings.allowed_origins),
     )
-    if not flags.version and not settings.elicitation_default:
-        flags.state = flags.state.__class__(elicitation_enabled=False)
+    bridge.guard = router.elicitation_observer = Guard(
+        event_log, flags, metrics, max_error_rate=settings.guard_error_rate,
+        max_p99_ms=settings.guard_p99_ms, min_samples=settings.guard_min_samples,
+        window_s=settings.guard_window_s,
+    )
+    if not settings.elicitation_default and flags.state.elicitation_enabled:
+        await event_log.append_events(FLAGS_STREAM, "serve", [(FLAG_CHANGED, {
+            "old": flags.state.to_dict(),
+            "new": {**flags.state.to_dict(), "elicitation_enabled": False},
+            "reason": "started with --no-elicitation",
+        })], expected_version=flags.version)
     log.info(
         "store %s opened: %d events replayed, %d agents",
         settings.db,
@@ -180,6 +192,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     add_admin_routes(app, bridge_of)
+    from .cli import _extensions
+
+    for add_routes in _extensions("add_routes"):
+        add_routes(app, bridge_of)
     app.on_shutdown.append(_on_shutdown)
     return app
 

@@ -377,7 +377,29 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--public-key", help="checkpoint public key PEM (default: from the key dir)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+    for add_commands in _extensions("add_commands"):
+        add_commands(sub)
     return p
+
+
+_EXTENSION_MODULES = ("bridge.repair", "bridge.audit", "bridge.gateway")
+
+
+def _extensions(attribute: str) -> list[Callable[..., Any]]:
+    """Subsystems that bring their own commands (each module defines `add_commands`)."""
+    import importlib
+
+    found = []
+    for name in _EXTENSION_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        if hasattr(module, attribute):
+            found.append(getattr(module, attribute))
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

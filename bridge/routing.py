@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcp.shared.exceptions import MCPError
+from mcp_types.jsonrpc import CONNECTION_CLOSED
 
 from security import KeyRegistry
 
@@ -132,7 +133,7 @@ class Router:
         self.draining = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self.elicitation_observer: Any = None  # the auto-rollback guard's sample sink
+        self.elicitation_observer: Any = None  # the auto-rollback guard (bridge.guard.Guard)
         self.wake: Any = lambda agent: None  # wakes the recipient's pending wait call
         flags.on_change(self._flags_changed)
 
@@ -415,7 +416,8 @@ class Router:
             return
         except (MCPError, OSError, RuntimeError, AttributeError) as exc:
             self._observe(False, started)
-            gone = self.presence.get(session.session_id) is None
+            closed = isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED
+            gone = closed or self.presence.get(session.session_id) is None
             cause = "session_gone" if gone else "transport_error"
             log.info("elicitation of %s failed (%s): %s", req.request_id, cause, exc)
             await self.fall_back(req, cause)
@@ -428,7 +430,9 @@ class Router:
     def _observe(self, ok: bool, started: float) -> None:
         self.metrics.elicitations.labels("answered" if ok else "failed").inc()
         if self.elicitation_observer is not None:
-            self.elicitation_observer(ok, time.perf_counter() - started)
+            decision = self.elicitation_observer.observe(ok, time.perf_counter() - started)
+            if decision is not None:
+                self._spawn(self.elicitation_observer.trip(decision))
 
     def _offer(self, req: OpenRequest) -> None:
         """Queue for the recipient's pending 2026-07-28 `wait_for_messages` call."""
