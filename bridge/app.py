@@ -7,6 +7,7 @@ opened in a cleanup context so a failed start closes what it opened.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -114,6 +115,7 @@ async def open_bridge(settings: Settings) -> Bridge:
 async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) -> Bridge:
     registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
     requests, presence, metrics = Requests(), Presence(), Metrics()
+    store.commit_observer = metrics.observe_commit
     event_log = Log(store, [RegistryProjection(registry), flags, requests, mailboxes])
     replayed = await event_log.replay()
     vault = SQLiteSecretVault.open(
@@ -294,9 +296,17 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _on_shutdown(app: web.Application) -> None:
+    """Stop routing to elicitation, let asks in flight finish (up to the grace period),
+    then end the streams still open; the store is flushed by the cleanup context."""
     bridge = app.get(BRIDGE)
-    if bridge is not None and bridge.mcp_handler is not None:
-        await bridge.mcp_handler.on_shutdown(app)
+    if bridge is None or bridge.mcp_handler is None:
+        return
+    bridge.router.draining = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bridge.settings.shutdown_grace_s / 2
+    while bridge.router.waiting_callers() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    await bridge.mcp_handler.on_shutdown(app)
 
 
 def serve(settings: Settings) -> None:

@@ -126,5 +126,10 @@ class Metrics:
             registry=r,
         )
 
+    def observe_commit(self, events: int, seconds: float) -> None:
+        """The store's group-commit hook: one transaction of `events` took `seconds`."""
+        self.store_batch_size.observe(events)
+        self.store_append_latency.observe(seconds)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

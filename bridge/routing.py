@@ -45,6 +45,9 @@ from .sessions import LiveSession, Presence
 log = logging.getLogger(__name__)
 
 
+STREAM_WAIT_S = 2.0
+
+
 class AskError(ValueError):
     """The ask cannot be made (bad target, schema or timeout); nothing was recorded."""
 
@@ -236,11 +239,9 @@ class Router:
             return "legacy", "draining"
         if not self.flags.elicitation_for(recipient):
             return "legacy", "flag_off"
-        if self.presence.push_target(recipient) or self.presence.modern_reachable(recipient):
-            return "elicitation", "eligible"
         if not self.presence.elicitation_capable(recipient):
             return "legacy", "no_capability"
-        return "legacy", "no_stream"
+        return "elicitation", "eligible"
 
     # -- timeouts -------------------------------------------------------------------------
 
@@ -373,8 +374,26 @@ class Router:
         target = self.presence.push_target(req.recipient)
         if target is not None:
             req.delivery = self._spawn(self._push(req, *target))
-        else:
+        elif self.presence.modern_reachable(req.recipient):
             self._offer(req)
+        else:
+            req.delivery = self._spawn(self._push_when_stream_opens(req))
+
+    async def _push_when_stream_opens(self, req: OpenRequest) -> None:
+        """A session that declared elicitation but has no open stream yet (the SDK opens its
+        GET stream just after initialize): give it a moment, then fall back to the mailbox,
+        because a push without a stream is silently dropped by the SDK."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STREAM_WAIT_S
+        while loop.time() < deadline and not req.closing:
+            target = self.presence.push_target(req.recipient)
+            if target is not None:
+                req.delivery = asyncio.current_task()
+                await self._push(req, *target)
+                return
+            await asyncio.sleep(0.05)
+        req.delivery = None
+        await self.fall_back(req, "no_stream")
 
     async def _push(self, req: OpenRequest, session: LiveSession, related: Any) -> None:
         """Send elicitation/create to the recipient's session and take its answer."""
@@ -497,6 +516,11 @@ class Router:
         )
         self.metrics.fallbacks.labels(cause).inc()
         return True
+
+    def waiting_callers(self) -> int:
+        """Asks whose caller is still waiting for the answer."""
+        return sum(1 for r in self.requests.open.values()
+                   if r.answer is not None and not r.answer.done())
 
     def in_flight(self) -> list[OpenRequest]:
         return [r for r in self.requests.open.values() if r.path == "elicitation" and not r.closing]

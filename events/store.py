@@ -12,7 +12,7 @@ import abc
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +152,8 @@ class GroupCommitStore(EventStore):
         self._checkpoint_file = CheckpointFile(config.checkpoints)
         self._last_checkpoint_size = 0
         self._last_checkpoint_time = time.monotonic()
+        self.commit_observer: Callable[[int, float], None] | None = None
+        """Called after each group commit with (events, seconds): metrics hook."""
 
     # -- primitives a backend provides ---------------------------------------------------
 
@@ -199,10 +201,14 @@ class GroupCommitStore(EventStore):
             del self._pending[: len(batch)]
             if self._pending:
                 self._wakeup.set()
+            started = time.perf_counter()
             try:
                 results = await self._commit(batch)
             except StoreError as exc:
                 results = [exc] * len(batch)
+            if self.commit_observer is not None:
+                events = sum(len(req.events) for req in batch)
+                self.commit_observer(events, time.perf_counter() - started)
             for req, result in zip(batch, results, strict=True):
                 if req.future.done():
                     continue

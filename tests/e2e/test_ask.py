@@ -6,6 +6,7 @@ Every test asserts on the events recorded, not only on what the tool returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -164,15 +165,15 @@ async def test_recipient_disconnects_mid_request_falls_back(bridge: BridgeProces
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
-    alice = bridge.client("alice")
-    async with alice:
-        bob = bridge.client("bob", elicitation_callback=hang)
-        await bob.__aenter__()
-        waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 20}))
-        asking = asyncio.create_task(_ask(alice, timeout_s=30))
-        await asyncio.wait_for(pending.wait(), 10)
-        waiter.cancel()
-        await bob.__aexit__(None, None, None)  # ends the session (DELETE)
+    async with bridge.client("alice") as alice:
+        async with bridge.client("bob", elicitation_callback=hang) as bob:
+            waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 20}))
+            asking = asyncio.create_task(_ask(alice, timeout_s=30))
+            await asyncio.wait_for(pending.wait(), 10)
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await waiter
+        # leaving the block ended bob's session (DELETE) with the elicitation pending
         async with bridge.client("bob") as bob2:
             got = await bob2.call_tool("wait_for_messages", {"timeout_s": 10})
             [item] = got.structured_content["messages"]
