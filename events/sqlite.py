@@ -62,6 +62,10 @@ def _row_to_record(row: Sequence[Any]) -> Record:
     )
 
 
+class _NeedsLookup(Exception):
+    """Internal: the optimistic write of a batch must be redone with the id lookup."""
+
+
 class _WriterLock:
     """An exclusive advisory lock beside the database, naming its holder.
 
@@ -232,17 +236,41 @@ class SqliteEventStore(GroupCommitStore):
         return await loop.run_in_executor(self._thread, self._commit_sync, batch)
 
     def _commit_sync(self, batch: list[PendingAppend]) -> list[list[int] | StoreError]:
+        """One transaction for the whole batch.
+
+        Event ids are fresh in the common case, so the batch is first written without
+        looking them up; when the UNIQUE index catches a reused id, or any request fails
+        (a retry can look like a version conflict), the batch is redone with the lookup
+        that tells an idempotent retry from a conflict.
+        """
+        try:
+            return self._write_batch(batch, lookup=False)
+        except (sqlite3.IntegrityError, _NeedsLookup):
+            pass
+        try:
+            return self._write_batch(batch, lookup=True)
+        except sqlite3.Error as exc:
+            return [OperationalError(f"append failed, nothing written: {exc}")] * len(batch)
+
+    def _write_batch(
+        self, batch: list[PendingAppend], *, lookup: bool
+    ) -> list[list[int] | StoreError]:
         conn = self._wconn
-        assert conn is not None and self._chain_key is not None
+        assert conn is not None
         head = Head(self._head.position, self._head.hash, self._head.digest)
         versions: dict[str, int] = {}
         rows: list[tuple[Any, ...]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            known = self._known_ids(conn, batch)
+            known = self._known_ids(conn, batch) if lookup else {}
             results = [self._stage(conn, req, head, versions, known, rows) for req in batch]
+            if not lookup and any(isinstance(r, StoreError) for r in results):
+                raise _NeedsLookup
             conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
+        except (sqlite3.IntegrityError, _NeedsLookup):
+            conn.execute("ROLLBACK")
+            raise
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
