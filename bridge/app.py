@@ -237,8 +237,9 @@ def _watch_sessions(inner: Any, bridge: Bridge) -> Any:
     """ASGI layer: bind new session ids to their agent and count open GET streams."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        headers = dict(scope["headers"])
-        sid = headers.get(b"mcp-session-id", b"").decode() or None
+        # The first value, as aiohttp and the SDK (Starlette) read it.
+        raw_sid = next((v for k, v in scope["headers"] if k == b"mcp-session-id"), b"")
+        sid = raw_sid.decode() or None
         agent = scope.get("lighthouse.agent")
 
         async def watch_send(message: Any) -> None:

@@ -84,6 +84,10 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.Response | N
     origin = bridge.origin.check(request.host, request.headers.get("Origin"))
     if origin is not None:
         return await _reject(bridge, origin.status, origin.reason, base, error="forbidden")
+    if len(request.headers.getall("Mcp-Session-Id", ())) > 1:
+        # One session per request: layers that pick the first or the last of several
+        # headers would disagree about which session (and whose) the request acts in.
+        return await _reject(bridge, 400, "duplicate_session_header", base, error="bad_request")
     by_address = await bridge.address_limiter.hit(remote)
     if not by_address.allowed:
         bridge.metrics.rate_limited.labels("address").inc()
@@ -142,7 +146,11 @@ async def _reject(
     error: str = "unauthorized",
 ) -> web.Response:
     bridge.metrics.auth_rejections.labels(reason).inc()
-    await _record(bridge, AUTH_REJECTED, {**data, "reason": reason, "status": status})
+    await _record(
+        bridge,
+        AUTH_REJECTED,
+        {"agent": None, "key_id": None, **data, "reason": reason, "status": status},
+    )
     log.info(
         "rejected %s %s from %s: %s",
         data.get("method"),
@@ -164,7 +172,13 @@ def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
         remote = client_address(request, bridge.settings.trusted_proxies)
         origin = bridge.origin.check(request.host, request.headers.get("Origin"))
         if origin is not None:
-            return _refuse(403, origin.reason, error="forbidden")
+            bridge.metrics.admin_auth_failures.inc()
+            await _record(
+                bridge,
+                ADMIN_AUTH_FAILED,
+                {"remote": remote, "reason": origin.reason, "path": request.path, "agent": None},
+            )
+            return _refuse(origin.status, origin.reason, error="forbidden")
         result = bridge.admin.check(remote, request.headers.get("Authorization"))
         if not result.ok:
             bridge.metrics.admin_auth_failures.inc()

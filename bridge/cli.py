@@ -134,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             elicitation_default=not args.no_elicitation,
             rate_per_s=args.rate,
             burst=args.burst,
+            key_grace_s=args.key_grace,
         )
     )
     return EXIT_OK
@@ -328,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--synchronous", default="FULL", choices=["NORMAL", "FULL", "EXTRA"])
     s.add_argument("--rate", type=float, default=50.0, help="requests/s per agent")
     s.add_argument("--burst", type=int, default=100, help="burst per agent")
+    s.add_argument(
+        "--key-grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long a rotated-out key stays valid (default 3600)",
+    )
     s.add_argument(
         "--no-elicitation",
         action="store_true",
