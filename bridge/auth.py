@@ -182,11 +182,13 @@ def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
         result = bridge.admin.check(remote, request.headers.get("Authorization"))
         if not result.ok:
             bridge.metrics.admin_auth_failures.inc()
-            await _record(
-                bridge,
-                ADMIN_AUTH_FAILED,
-                {"remote": remote, "reason": result.reason, "path": request.path, "agent": None},
-            )
+            if result.reason != "throttled":  # a blocked client cannot flood the log
+                await _record(
+                    bridge,
+                    ADMIN_AUTH_FAILED,
+                    {"remote": remote, "reason": result.reason, "path": request.path,
+                     "agent": None},
+                )
             headers = (
                 {"Retry-After": str(int(result.retry_after) + 1)} if result.retry_after else None
             )

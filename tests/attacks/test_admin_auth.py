@@ -122,7 +122,9 @@ def test_repeated_failures_are_throttled(throttled_bridge: BridgeProcess) -> Non
         assert_refused(spoofed, 429, "throttled")
 
         failures = events_after(bridge, start, ["AdminAuthFailed"])
-        assert [f.data["reason"] for f in failures] == ["invalid_token"] * 5 + ["throttled"] * 3
+        # Throttled attempts are counted in metrics but not logged one by one: a blocked
+        # client must not be able to grow the event store as fast as it can send.
+        assert [f.data["reason"] for f in failures] == ["invalid_token"] * 5
         assert side_effects(bridge, start) == []
         # /mcp is a separate surface: the admin throttle does not lock agents out.
         assert (
