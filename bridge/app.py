@@ -36,7 +36,7 @@ from security import (
 )
 
 from .agents import AgentService, RegistryProjection
-from .asgi import ASGIHandler, asgi_handler, run_in_cleanup_ctx
+from .asgi import CLIENT_GONE, ASGIHandler, asgi_handler, run_in_cleanup_ctx
 from .auth import AGENT, admin_auth, agent_auth
 from .config import Settings
 from .domain import FLAG_CHANGED, FLAGS_STREAM
@@ -157,16 +157,30 @@ async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) ->
         origin=origin_policy(settings.host, settings.port, extra_origins=settings.allowed_origins),
     )
     bridge.guard = router.elicitation_observer = Guard(
-        event_log, flags, metrics, max_error_rate=settings.guard_error_rate,
-        max_p99_ms=settings.guard_p99_ms, min_samples=settings.guard_min_samples,
+        event_log,
+        flags,
+        metrics,
+        max_error_rate=settings.guard_error_rate,
+        max_p99_ms=settings.guard_p99_ms,
+        min_samples=settings.guard_min_samples,
         window_s=settings.guard_window_s,
     )
     if not settings.elicitation_default and flags.state.elicitation_enabled:
-        await event_log.append_events(FLAGS_STREAM, "serve", [(FLAG_CHANGED, {
-            "old": flags.state.to_dict(),
-            "new": {**flags.state.to_dict(), "elicitation_enabled": False},
-            "reason": "started with --no-elicitation",
-        })], expected_version=flags.version)
+        await event_log.append_events(
+            FLAGS_STREAM,
+            "serve",
+            [
+                (
+                    FLAG_CHANGED,
+                    {
+                        "old": flags.state.to_dict(),
+                        "new": {**flags.state.to_dict(), "elicitation_enabled": False},
+                        "reason": "started with --no-elicitation",
+                    },
+                )
+            ],
+            expected_version=flags.version,
+        )
     log.info(
         "store %s opened: %d events replayed, %d agents",
         settings.db,
@@ -214,6 +228,7 @@ def _bridge_ctx(settings: Settings) -> Any:
             bridge.metrics,
             request_state_key=request_state_key,
             max_wait_s=settings.max_wait_s,
+            max_sessions=settings.max_sessions,
         )
         bridge.mcp_handler = asgi_handler(
             _watch_sessions(bridge.host.session_manager.handle_request, bridge),
@@ -257,6 +272,8 @@ def _watch_sessions(inner: Any, bridge: Bridge) -> Any:
         finally:
             if streaming:
                 bridge.presence.stream_closed(sid)
+                if scope["extensions"][CLIENT_GONE].is_set():
+                    await bridge.router.stream_lost(sid, None)
 
     return app
 

@@ -22,7 +22,14 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-__all__ = ["ASGIApp", "ASGIHandler", "asgi_handler", "lifespan_cleanup_ctx", "run_in_cleanup_ctx"]
+__all__ = [
+    "CLIENT_GONE",
+    "ASGIApp",
+    "ASGIHandler",
+    "asgi_handler",
+    "lifespan_cleanup_ctx",
+    "run_in_cleanup_ctx",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ScopeExtras = Callable[[web.Request], Mapping[str, Any]]
 
+CLIENT_GONE = "lighthouse.client_gone"
+"""Scope extension: an asyncio.Event set when the client disconnects (not when the
+response merely completes), so the app can tell a vanished peer from a finished call."""
 _SKIP_HEADERS = frozenset({b"transfer-encoding"})  # aiohttp frames the body itself
 
 
@@ -86,6 +96,7 @@ class ASGIHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler (a bound coroutine method: aiohttp takes it without wrapping)."""
         disconnected = asyncio.Event()  # set: client gone, response complete, or shutdown
+        client_gone = asyncio.Event()  # set only when the client itself went away
         self._open.add(disconnected)
         body_lock = asyncio.Lock()
         body_done = False
@@ -99,6 +110,7 @@ class ASGIHandler:
                 await asyncio.sleep(self.poll_interval)
                 t = request.transport
                 if t is None or t.is_closing():
+                    client_gone.set()
                     disconnected.set()
 
         async def receive() -> Message:
@@ -110,6 +122,7 @@ class ASGIHandler:
                     try:
                         body = await request.read()
                     except (ConnectionError, asyncio.IncompleteReadError):
+                        client_gone.set()
                         disconnected.set()
                         return {"type": "http.disconnect"}
                     body_done = True
@@ -148,11 +161,14 @@ class ASGIHandler:
                     await response.write_eof()
                     disconnected.set()  # ASGI: receive() after the response => http.disconnect
             except (ConnectionError, RuntimeError):
+                client_gone.set()
                 disconnected.set()
 
         watcher = asyncio.create_task(watch())
         try:
-            await self.app(self.scope_for(request), receive, send)
+            scope = self.scope_for(request)
+            scope["extensions"][CLIENT_GONE] = client_gone
+            await self.app(scope, receive, send)
         except Exception:
             logger.exception("ASGI application raised for %s %s", request.method, request.path)
         finally:

@@ -135,6 +135,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             rate_per_s=args.rate,
             burst=args.burst,
             key_grace_s=args.key_grace,
+            ip_rate_per_s=args.ip_rate,
+            ip_burst=args.ip_burst,
+            max_sessions=args.max_sessions,
+            guard_error_rate=args.guard_error_rate,
+            guard_p99_ms=args.guard_p99_ms,
+            guard_min_samples=args.guard_min_samples,
         )
     )
     return EXIT_OK
@@ -337,6 +343,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a rotated-out key stays valid (default 3600)",
     )
     s.add_argument(
+        "--ip-rate",
+        type=float,
+        default=500.0,
+        help="requests/s per client address, checked before signatures",
+    )
+    s.add_argument("--ip-burst", type=int, default=1000, help="burst per client address")
+    s.add_argument(
+        "--max-sessions",
+        type=int,
+        default=10_000,
+        help="concurrent MCP sessions (2025 protocol) the bridge keeps",
+    )
+    s.add_argument(
+        "--guard-error-rate",
+        type=float,
+        default=0.05,
+        metavar="FRACTION",
+        help="auto-rollback when the elicitation error rate exceeds this",
+    )
+    s.add_argument(
+        "--guard-p99-ms",
+        type=float,
+        default=1000.0,
+        help="auto-rollback when the elicitation p99 exceeds this",
+    )
+    s.add_argument(
+        "--guard-min-samples",
+        type=int,
+        default=20,
+        help="elicitations in the window before the guard may act",
+    )
+    s.add_argument(
         "--no-elicitation",
         action="store_true",
         help="start with elicitation off (until a flag change)",
@@ -429,5 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m bridge.cli`: run the imported module, so extension
+    # modules and this one share one `CliError` class (not a second copy in `__main__`).
+    from bridge.cli import main as _main
+
+    sys.exit(_main())

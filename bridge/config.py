@@ -33,6 +33,7 @@ class Settings:
     ip_burst: int = 1000
     key_grace_s: float = 3600.0
     max_body_bytes: int = 1 << 20
+    max_sessions: int = 10_000
     trusted_proxies: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     # delivery

@@ -28,6 +28,7 @@ from mcp_types import (
     TextContent,
 )
 
+from .asgi import CLIENT_GONE
 from .domain import (
     MAILBOX_ACKNOWLEDGED,
     MESSAGE_DELIVERED,
@@ -85,6 +86,7 @@ class McpHost:
         *,
         request_state_key: bytes,
         max_wait_s: float = 25.0,
+        max_sessions: int = 10_000,
     ) -> None:
         self.log = log
         self.router = router
@@ -107,6 +109,7 @@ class McpHost:
         )
         self.server.streamable_http_app(
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            max_sessions=max_sessions,
         )
         self.session_manager = self.server.session_manager
         self._register_tools()
@@ -344,11 +347,13 @@ class McpHost:
     def _waiting(self, ctx: Context, agent: str, modern: bool, elicits: bool) -> Any:
         """While a wait call is pending, pushes to its session can ride its stream."""
         live = self.presence.get((ctx.headers or {}).get("mcp-session-id"))
+        watcher = None
         if modern:
             client = self.presence.seen_modern(agent, elicits)
             client.waiting += 1
         elif live is not None:
             live.waits[ctx.request_id] = None
+            watcher = asyncio.create_task(self._watch_wait(ctx, live))
         try:
             yield
         finally:
@@ -357,6 +362,19 @@ class McpHost:
                 client.last_seen = time.time()
             elif live is not None:
                 live.waits.pop(ctx.request_id, None)
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _watch_wait(self, ctx: Context, live: LiveSession) -> None:
+        """If the client behind a pending wait vanishes, its stream can no longer carry a
+        push: stop using it, and move what rode on it to the mailbox."""
+        request = ctx.request_context.request
+        gone = request.scope.get("extensions", {}).get(CLIENT_GONE) if request else None
+        if gone is None:
+            return
+        await gone.wait()
+        live.waits.pop(ctx.request_id, None)
+        await self.router.stream_lost(live.session_id, ctx.request_id)
 
     async def _take_input_responses(self, ctx: Context, agent: str) -> list[dict[str, Any]]:
         """A retried 2026-07-28 call carries answers to the requests it was handed."""

@@ -519,8 +519,9 @@ class Router:
 
     def waiting_callers(self) -> int:
         """Asks whose caller is still waiting for the answer."""
-        return sum(1 for r in self.requests.open.values()
-                   if r.answer is not None and not r.answer.done())
+        return sum(
+            1 for r in self.requests.open.values() if r.answer is not None and not r.answer.done()
+        )
 
     def in_flight(self) -> list[OpenRequest]:
         return [r for r in self.requests.open.values() if r.path == "elicitation" and not r.closing]

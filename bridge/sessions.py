@@ -43,6 +43,9 @@ class Presence:
         self._sessions: dict[str, LiveSession] = {}
         self._owners: dict[str, str] = {}
         self._modern: dict[str, ModernClient] = {}
+        # GET streams of issued sessions not yet opened: a client may send its GET alongside
+        # `notifications/initialized`, and the GET can win the race.
+        self._early_streams: dict[str, int] = {}
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -56,9 +59,11 @@ class Presence:
     def open(self, session: LiveSession) -> None:
         self._owners[session.session_id] = session.agent
         self._sessions[session.session_id] = session
+        session.get_streams += self._early_streams.pop(session.session_id, 0)
 
     def close(self, session_id: str) -> LiveSession | None:
         self._owners.pop(session_id, None)
+        self._early_streams.pop(session_id, None)
         return self._sessions.pop(session_id, None)
 
     def get(self, session_id: str | None) -> LiveSession | None:
@@ -68,11 +73,17 @@ class Presence:
         session = self._sessions.get(session_id)
         if session is not None:
             session.get_streams += 1
+        elif session_id in self._owners:
+            self._early_streams[session_id] = self._early_streams.get(session_id, 0) + 1
 
     def stream_closed(self, session_id: str) -> None:
         session = self._sessions.get(session_id)
         if session is not None:
             session.get_streams = max(0, session.get_streams - 1)
+        elif session_id in self._early_streams:
+            left = self._early_streams.pop(session_id) - 1
+            if left > 0:
+                self._early_streams[session_id] = left
 
     def sessions_of(self, agent: str) -> list[LiveSession]:
         return [s for s in self._sessions.values() if s.agent == agent]

@@ -195,12 +195,15 @@ class SqliteEventStore(GroupCommitStore):
         if row is None and not seq:
             return Head()
         last = row[0] if row else 0
-        if seq and seq[0] > last:
+        if seq and seq[0] > last and not self.config.accept_damage:
             raise StoreError(
                 f"store {self.config.path} is damaged: positions {last + 1}..{seq[0]} were "
                 "removed from the tail; run `lighthouse verify` and `lighthouse repair`"
             )
-        return Head(row[0], row[1], row[2])
+        allocated = max(last, seq[0] if seq else 0)
+        if row is None:
+            return Head(allocated)
+        return Head(allocated, row[1], row[2])
 
     async def _open_reader(self) -> None:
         uri = f"file:{self.config.path}?mode=ro"

@@ -38,6 +38,10 @@ class StoreConfig:
     checkpoint_interval: float = 10.0
     max_batch: int = 2000
     readonly: bool = False
+    accept_damage: bool = False
+    """Open for writing although positions were cut from the tail (`repair --accept-damage`).
+    New events continue after the highest position ever allocated — never reusing one — and
+    chain onto the last surviving record; verify keeps reporting the gap."""
 
     @property
     def keys(self) -> Path:

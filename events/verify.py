@@ -112,7 +112,8 @@ async def verify_store(
     hashes: dict[str, int] = {}
     last_position, last_hash, last_digest, checked = 0, GENESIS_HASH, GENESIS_HASH, 0
     at_size: dict[int, str] = {}
-    wanted = {cp.size for cp in file_checkpoints} | {cp.size for cp in await store.checkpoints()}
+    stored = await store.checkpoints()  # read once: a checkpoint signed mid-scan is not damage
+    wanted = {cp.size for cp in file_checkpoints} | {cp.size for cp in stored}
     position = 1
     while len(problems) < MAX_PROBLEMS:
         page = await store.read_all(position, limit=_PAGE)
@@ -139,7 +140,7 @@ async def verify_store(
             )
         )
     cps = _checkpoint_problems(
-        store.store_id, await store.checkpoints(), file_checkpoints, public_key, size, at_size
+        store.store_id, stored, file_checkpoints, public_key, size, at_size
     )
     problems.extend(cps[0])
     problems.sort(key=lambda p: p.position)

@@ -27,7 +27,7 @@ from mcp_types import ElicitResult
 from bridge.domain import REQUEST_ANSWERED, REQUEST_CREATED, STATUS_BY_TERMINAL, TERMINAL_TYPES
 from tests.harness import SCHEMA, BridgeProcess, lighthouse, read_events
 
-CYCLES = 4
+CYCLES = 3
 ASK_TIMEOUT_S = 2.0
 PAIRS = (("alice", "bob", "legacy"), ("carol", "dave", "elicitation"), ("erin", "bob", "legacy"))
 
@@ -164,6 +164,8 @@ async def test_kill_restart_repair_loses_nothing(tmp_path: Path) -> None:
         if b.proc is not None:
             b.kill()
 
+    summary = [(kind, r["status"], r["counts"]) for kind, r in reports]
+    print(f"acks per cycle {dict(acks.counts)}, responds {len(acks.responds)}, repairs {summary}")
     events = await read_events(b.db)
     terminals = _terminals(events)
     created = {r.data["request_id"] for r in events if r.type == REQUEST_CREATED}
