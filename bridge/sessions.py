@@ -41,6 +41,7 @@ class ModernClient:
 class Presence:
     def __init__(self) -> None:
         self._sessions: dict[str, LiveSession] = {}
+        self._by_agent: dict[str, dict[str, LiveSession]] = {}  # agent -> sessions, in order
         self._owners: dict[str, str] = {}
         self._modern: dict[str, ModernClient] = {}
         # GET streams of issued sessions not yet opened: a client may send its GET alongside
@@ -59,12 +60,19 @@ class Presence:
     def open(self, session: LiveSession) -> None:
         self._owners[session.session_id] = session.agent
         self._sessions[session.session_id] = session
+        self._by_agent.setdefault(session.agent, {})[session.session_id] = session
         session.get_streams += self._early_streams.pop(session.session_id, 0)
 
     def close(self, session_id: str) -> LiveSession | None:
         self._owners.pop(session_id, None)
         self._early_streams.pop(session_id, None)
-        return self._sessions.pop(session_id, None)
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            mine = self._by_agent.get(session.agent, {})
+            mine.pop(session_id, None)
+            if not mine:
+                self._by_agent.pop(session.agent, None)
+        return session
 
     def get(self, session_id: str | None) -> LiveSession | None:
         return self._sessions.get(session_id) if session_id else None
@@ -86,7 +94,7 @@ class Presence:
                 self._early_streams[session_id] = left
 
     def sessions_of(self, agent: str) -> list[LiveSession]:
-        return [s for s in self._sessions.values() if s.agent == agent]
+        return list(self._by_agent.get(agent, {}).values())
 
     def push_target(self, agent: str) -> tuple[LiveSession, Any] | None:
         """A session that declared elicitation and has a stream a push can ride.
