@@ -46,6 +46,7 @@ from .log import Log
 from .mailbox import Mailboxes
 from .mcp_host import McpHost, scope_for
 from .metrics import Metrics
+from .observability import EventLogger
 from .routing import Requests, Router
 from .sessions import Presence
 
@@ -116,8 +117,12 @@ async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) ->
     registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
     requests, presence, metrics = Requests(), Presence(), Metrics()
     store.commit_observer = metrics.observe_commit
-    event_log = Log(store, [RegistryProjection(registry), flags, requests, mailboxes])
+    event_logger = EventLogger()
+    event_log = Log(
+        store, [RegistryProjection(registry), flags, requests, mailboxes, event_logger]
+    )
     replayed = await event_log.replay()
+    event_logger.live = True  # one JSON log line per new fact of interest, not the history
     vault = SQLiteSecretVault.open(
         settings.db, settings.master_key_file, fresh_install=fresh or not registry.agents
     )

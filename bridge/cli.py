@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import urllib.error
@@ -23,6 +22,7 @@ from events import SqliteEventStore, StoreConfig, StoreError, verify_with_config
 from events.sqlite import migrate as migrate_store
 
 from .config import Settings, env_admin_token, env_url
+from .observability import configure_logging
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -450,11 +450,7 @@ def _extensions(attribute: str) -> list[Callable[..., Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    configure_logging(args.log_level)
     try:
         return args.func(args)
     except CliError as exc:

@@ -60,7 +60,7 @@ class Metrics:
         )
         self.elicitations = Counter(
             "lighthouse_elicitations",
-            "Elicitations sent, by outcome (answered/failed)",
+            "Elicitations sent, by outcome (answered/failed/timeout)",
             ["outcome"],
             registry=r,
         )

@@ -287,6 +287,9 @@ class Router:
             await self._record_refusal(request_id, by, path, refused, content)
             raise
         assert req is not None
+        offered_at = req.extra.pop("offered_at", None)
+        if path == "elicitation" and offered_at is not None:
+            self._observe(True, offered_at)  # 2026-07-28: answered on the retried wait call
         data = {"request_id": request_id, "by": by, "path": path}
         if action == "accept":
             data["content"] = content
@@ -432,6 +435,7 @@ class Router:
                         return
                     related = self._refresh_related(session)
         except TimeoutError:
+            self.metrics.elicitations.labels("timeout").inc()
             return
         except (MCPError, OSError, RuntimeError, AttributeError) as exc:
             self._observe(False, started)
@@ -492,6 +496,8 @@ class Router:
             )
         )
         for r in reqs:
+            if not r.offered:
+                r.extra["offered_at"] = time.perf_counter()
             r.offered = True
 
     # -- fallback -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.domain import FLAG_CHANGED, Fact
-from bridge.flags import Flags, FlagError, FlagState, bucket, parse_change
+from bridge.flags import FlagError, Flags, FlagState, bucket, parse_change
 
 agent_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1,
                       max_size=40)

@@ -45,14 +45,14 @@ async def test_error_rate_over_threshold_turns_elicitation_off(tmp_path: Path) -
 
 
 async def test_slow_p99_turns_elicitation_off(tmp_path: Path) -> None:
-    guard, flags, log, _ = await _guard(tmp_path, min_samples=10, max_p99_ms=1000)
+    guard, _, log, _ = await _guard(tmp_path, min_samples=10, max_p99_ms=1000)
     decisions = [guard.observe(ok=True, seconds=2.5 if i == 9 else 0.01) for i in range(10)]
     assert decisions[-1] is not None and "p99 2500 ms > 1000 ms" in decisions[-1].reason
     await log.store.close()
 
 
 async def test_needs_minimum_sample_and_window(tmp_path: Path) -> None:
-    guard, flags, log, clock = await _guard(tmp_path, min_samples=20, window_s=60)
+    guard, _, log, clock = await _guard(tmp_path, min_samples=20, window_s=60)
     for _ in range(19):
         assert guard.observe(ok=False, seconds=0.01) is None
     clock.now += 120  # the old failures leave the window

@@ -1,0 +1,710 @@
+"""The security team's view of the log: query, security report, export and offline verify.
+
+Everything here only reads. The same filters work on a running bridge (through
+`GET /admin/events`, so the auditor needs no file access) and on a store file opened
+read-only beside the running bridge; both are an `EventSource`, so the query, the report
+and the export are written once. The export format and its verification live in
+`audit_export.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import sys
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+from aiohttp import web
+
+from events import Checkpoint, CheckpointFile, Record, SqliteEventStore, StoreConfig, StoreError
+
+from .domain import (
+    ADMIN_AUTH_FAILED,
+    AUTH_REJECTED,
+    FLAG_CHANGED,
+    RATE_LIMITED,
+    request_stream,
+)
+
+if TYPE_CHECKING:
+    from .app import Bridge
+
+AGENT_FIELDS = ("from", "to", "recipient", "by", "agent")
+"""Data fields that name an agent: an agent filter matches these as well as the actor."""
+SECURITY_TYPES = (AUTH_REJECTED, RATE_LIMITED, ADMIN_AUTH_FAILED, FLAG_CHANGED)
+DEFAULT_API_LIMIT, MAX_API_LIMIT = 1000, 10_000
+_SCAN_PAGE = 2000
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+class AuditError(Exception):
+    """A failure the CLI reports as one line (bad input, unreachable bridge, bad file)."""
+
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- filters -----------------------------------------------------------------------------
+
+
+def parse_time(text: str | float, name: str = "time") -> float:
+    """Unix seconds or ISO-8601 (a naive time is UTC: audit logs cross time zones)."""
+    if isinstance(text, int | float):
+        return float(text)
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    raw = text.strip()
+    if raw.endswith(("Z", "z")):
+        raw = raw[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is neither ISO-8601 nor unix seconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _names(value: Any) -> Iterable[Any]:
+    return value if isinstance(value, list) else (value,)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which events an auditor wants; positions and limit page, the rest select."""
+
+    agent: str | None = None
+    types: tuple[str, ...] = ()
+    stream: str | None = None
+    request_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    from_position: int = 1
+    to_position: int | None = None
+    limit: int | None = None
+
+    def selects(self, r: Record) -> bool:
+        """The content filters only (no positions): what an export's verifier re-applies."""
+        if self.types and r.type not in self.types:
+            return False
+        if self.stream is not None and r.stream != self.stream:
+            return False
+        if self.request_id is not None and not (
+            r.data.get("request_id") == self.request_id
+            or r.stream == request_stream(self.request_id)
+        ):
+            return False
+        if self.since is not None and r.time < self.since:
+            return False
+        if self.until is not None and r.time > self.until:
+            return False
+        return self.agent is None or self.names_agent(r)
+
+    def names_agent(self, r: Record) -> bool:
+        if r.actor == self.agent:
+            return True
+        return any(self.agent in _names(r.data.get(k)) for k in AGENT_FIELDS)
+
+    def matches(self, r: Record) -> bool:
+        if r.position < self.from_position:
+            return False
+        if self.to_position is not None and r.position > self.to_position:
+            return False
+        return self.selects(r)
+
+    @property
+    def filtered(self) -> bool:
+        return self.selector() != {}
+
+    def selector(self) -> dict[str, Any]:
+        """The content filters as JSON (positions and limit excluded)."""
+        out: dict[str, Any] = {
+            "agent": self.agent,
+            "types": list(self.types) or None,
+            "stream": self.stream,
+            "request_id": self.request_id,
+            "since": self.since,
+            "until": self.until,
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_selector(cls, selector: Mapping[str, Any]) -> AuditQuery:
+        return cls(
+            agent=selector.get("agent"),
+            types=tuple(selector.get("types") or ()),
+            stream=selector.get("stream"),
+            request_id=selector.get("request_id"),
+            since=selector.get("since"),
+            until=selector.get("until"),
+        )
+
+    def to_params(self) -> list[tuple[str, str]]:
+        """Query-string form, the inverse of `from_params`."""
+        params: list[tuple[str, str]] = [("type", t) for t in self.types]
+        for key, value in (
+            ("agent", self.agent),
+            ("stream", self.stream),
+            ("request", self.request_id),
+            ("since", self.since),
+            ("until", self.until),
+            ("from_position", self.from_position),
+            ("to_position", self.to_position),
+            ("limit", self.limit),
+        ):
+            if value is not None:
+                params.append((key, str(value)))
+        return params
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any], getall: Callable[[str], list[str]]
+    ) -> AuditQuery:
+        """Build from `/admin/events` query parameters; raises ValueError naming the field."""
+
+        def integer(name: str, low: int) -> int | None:
+            if name not in params:
+                return None
+            try:
+                value = int(params[name])
+            except ValueError:
+                raise ValueError(f"{name}: must be an integer") from None
+            if value < low:
+                raise ValueError(f"{name}: must be at least {low}")
+            return value
+
+        since, until = params.get("since"), params.get("until")
+        return cls(
+            agent=params.get("agent") or None,
+            types=tuple(t for t in getall("type") if t),
+            stream=params.get("stream") or None,
+            request_id=params.get("request") or params.get("request_id") or None,
+            since=parse_time(since, "since") if since else None,
+            until=parse_time(until, "until") if until else None,
+            from_position=integer("from_position", 1) or 1,
+            to_position=integer("to_position", 1),
+            limit=integer("limit", 1),
+        )
+
+
+@dataclass(slots=True)
+class Page:
+    events: list[Record]
+    next_position: int | None
+    head: int = 0
+
+
+# -- sources -----------------------------------------------------------------------------
+
+
+class EventSource(Protocol):
+    """Where audit reads from: a store file or a running bridge."""
+
+    async def page(self, query: AuditQuery) -> Page: ...
+
+    async def checkpoints(self) -> list[Checkpoint]: ...
+
+    async def head(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+async def query_store(store: SqliteEventStore, query: AuditQuery) -> Page:
+    """One page of matches; the type filter runs in SQL, the others while scanning."""
+    limit = query.limit or DEFAULT_API_LIMIT
+    found: list[Record] = []
+    position = query.from_position
+    while True:
+        batch = await store.read_all(
+            position, limit=_SCAN_PAGE, types=query.types or None, to_position=query.to_position
+        )
+        for record in batch:
+            if query.selects(record):
+                found.append(record)
+                if len(found) >= limit:
+                    return Page(found, record.position + 1, (await store.head()).position)
+        if len(batch) < _SCAN_PAGE:
+            return Page(found, None, (await store.head()).position)
+        position = batch[-1].position + 1
+
+
+@dataclass
+class StoreSource:
+    """A store file opened read-only: works beside a running bridge, never takes the lock."""
+
+    store: SqliteEventStore
+    config: StoreConfig
+
+    @classmethod
+    async def open(cls, db: Path) -> StoreSource:
+        if not db.exists():
+            raise AuditError(f"no store at {db}", EXIT_UNAVAILABLE)
+        config = StoreConfig(path=db, readonly=True)
+        return cls(await SqliteEventStore.open(config), config)
+
+    async def page(self, query: AuditQuery) -> Page:
+        return await query_store(self.store, query)
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        """Signed checkpoints from the database and from the file kept outside it."""
+        found = await self.store.checkpoints()
+        found += CheckpointFile(self.config.checkpoints).read()
+        return _unique(found)
+
+    async def head(self) -> int:
+        return (await self.store.head()).position
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def _unique(checkpoints: Iterable[Checkpoint]) -> list[Checkpoint]:
+    seen: dict[tuple[int, str], Checkpoint] = {}
+    for cp in checkpoints:
+        seen.setdefault((cp.size, cp.signature), cp)
+    return sorted(seen.values(), key=lambda cp: cp.size)
+
+
+@dataclass
+class HttpSource:
+    """A running bridge's admin API (`GET /admin/events`, `GET /admin/checkpoints`)."""
+
+    db: Path
+    _head: int = field(default=0)
+
+    def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
+        from .cli import _http
+
+        query = "?" + urllib.parse.urlencode(params) if params else ""
+        status, payload = _http("GET", path + query, None, self.db, timeout=120)
+        if status >= 400:
+            detail = (
+                payload.get("message") or payload.get("reason")
+                if isinstance(payload, dict)
+                else payload
+            )
+            raise AuditError(f"GET {path} failed with HTTP {status}: {detail}")
+        return payload
+
+    async def page(self, query: AuditQuery) -> Page:
+        payload = await asyncio.to_thread(self._get, "/admin/events", query.to_params())
+        events = msgspec.convert(payload["events"], list[Record])
+        self._head = payload.get("head", 0)
+        return Page(events, payload.get("next_position"), self._head)
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        payload = await asyncio.to_thread(self._get, "/admin/checkpoints")
+        return _unique(msgspec.convert(payload["checkpoints"], list[Checkpoint]))
+
+    async def head(self) -> int:
+        payload = await asyncio.to_thread(self._get, "/health")
+        return int(payload["store"]["position"])
+
+    async def close(self) -> None:
+        return None
+
+
+async def iterate(source: EventSource, query: AuditQuery, page_size: int = _SCAN_PAGE) -> Any:
+    """Every match of `query` in position order, fetched page by page."""
+    remaining = query.limit
+    current = replace(query, limit=page_size)
+    while True:
+        if remaining is not None:
+            current = replace(current, limit=min(page_size, remaining))
+        page = await source.page(current)
+        for record in page.events:
+            yield record
+        if remaining is not None:
+            remaining -= len(page.events)
+            if remaining <= 0:
+                return
+        if page.next_position is None:
+            return
+        current = replace(current, from_position=page.next_position)
+
+
+# -- security report ---------------------------------------------------------------------
+
+
+def _tally(pairs: Iterable[str | None]) -> dict[str, int]:
+    return dict(Counter("(unknown)" if p is None else str(p) for p in pairs).most_common())
+
+
+def security_report(records: Iterable[Record], since: float | None = None) -> dict[str, Any]:
+    """What a security reviewer asks first: who was refused, why, and who changed flags."""
+    rejected, limited, admin, flags = [], [], [], []
+    for r in records:
+        {AUTH_REJECTED: rejected, RATE_LIMITED: limited, ADMIN_AUTH_FAILED: admin}.get(
+            r.type, flags if r.type == FLAG_CHANGED else []
+        ).append(r)
+    replays = [r for r in rejected if r.data.get("reason") == "replayed_nonce"]
+    pairs = Counter((r.data.get("reason"), r.data.get("agent")) for r in rejected)
+    return {
+        "since": since,
+        "auth_rejections": {
+            "total": len(rejected),
+            "by_reason": _tally(r.data.get("reason") for r in rejected),
+            "by_agent": _tally(r.data.get("agent") for r in rejected),
+            "by_reason_and_agent": [
+                {"reason": reason, "agent": agent, "count": n}
+                for (reason, agent), n in pairs.most_common()
+            ],
+        },
+        "replays": {
+            "total": len(replays),
+            "by_agent": _tally(r.data.get("agent") for r in replays),
+            "by_remote": _tally(r.data.get("remote") for r in replays),
+        },
+        "rate_limited": {
+            "total": len(limited),
+            "by_scope": _tally(r.data.get("scope") for r in limited),
+            "by_agent": _tally(r.data.get("agent") for r in limited),
+        },
+        "admin_auth_failures": {
+            "total": len(admin),
+            "by_reason": _tally(r.data.get("reason") for r in admin),
+            "by_remote": _tally(r.data.get("remote") for r in admin),
+        },
+        "flag_changes": [
+            {
+                "position": r.position,
+                "time": iso(r.time),
+                "actor": r.actor,
+                "reason": r.data.get("reason", ""),
+                "old": r.data.get("old"),
+                "new": r.data.get("new"),
+            }
+            for r in flags
+        ],
+    }
+
+
+def format_security(report: dict[str, Any]) -> str:
+    lines = [f"security report since {iso(report['since']) if report['since'] else 'the start'}"]
+    a = report["auth_rejections"]
+    lines.append(f"auth rejections: {a['total']}")
+    lines += [
+        f"  {row['reason']:<24} {row['agent'] or '(unknown)':<20} {row['count']:>6}"
+        for row in a["by_reason_and_agent"]
+    ]
+    rp = report["replays"]
+    lines.append(f"replay attempts (replayed_nonce): {rp['total']}")
+    lines += [f"  {agent:<45} {n:>6}" for agent, n in rp["by_agent"].items()]
+    rl = report["rate_limited"]
+    lines.append(f"rate-limit hits: {rl['total']}")
+    lines += [f"  scope {scope:<39} {n:>6}" for scope, n in rl["by_scope"].items()]
+    lines += [f"  agent {agent:<39} {n:>6}" for agent, n in rl["by_agent"].items()]
+    ad = report["admin_auth_failures"]
+    lines.append(f"failed admin logins: {ad['total']}")
+    lines += [f"  {reason:<45} {n:>6}" for reason, n in ad["by_reason"].items()]
+    lines.append(f"flag changes: {len(report['flag_changes'])}")
+    for fc in report["flag_changes"]:
+        new = fc["new"] or {}
+        lines.append(
+            f"  {fc['time']} by {fc['actor']}: enabled={new.get('elicitation_enabled')} "
+            f"rollout={new.get('rollout_percent')} reason={fc['reason']!r}"
+        )
+    return "\n".join(lines)
+
+
+# -- presentation ------------------------------------------------------------------------
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_json(r: Record) -> dict[str, Any]:
+    return msgspec.to_builtins(r)
+
+
+def _summary(r: Record) -> str:
+    keys = ("request_id", *AGENT_FIELDS, "reason", "cause", "path", "status", "scope")
+    parts = [f"{k}={r.data[k]}" for k in keys if r.data.get(k) not in (None, "", [])]
+    return " ".join(parts)[:120]
+
+
+TABLE_HEADER = f"{'POSITION':>8}  {'TIME':<24}  {'TYPE':<20}  {'ACTOR':<12}  {'STREAM':<28}  DETAIL"
+
+
+def table_row(r: Record) -> str:
+    stream = r.stream if len(r.stream) <= 28 else r.stream[:27] + "…"
+    return (
+        f"{r.position:>8}  {iso(r.time):<24}  {r.type:<20}  {r.actor:<12}  "
+        f"{stream:<28}  {_summary(r)}"
+    )
+
+
+def progress_printer(label: str) -> Callable[[int, int], None] | None:
+    """A one-line progress counter on a terminal's stderr; nothing when piped."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        pct = 100 * done // total if total else 100
+        print(f"\r{label}: {done}/{total} ({pct}%)", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+# -- HTTP --------------------------------------------------------------------------------
+
+
+def add_routes(app: web.Application, bridge_of: Callable[[web.Request], Bridge]) -> None:
+    """`/admin/events`, `/admin/checkpoints`, `/admin/checkpoint-key` (admin bearer)."""
+
+    async def events(request: web.Request) -> web.Response:
+        try:
+            query = AuditQuery.from_params(request.query, lambda k: request.query.getall(k, []))
+        except ValueError as exc:
+            field_name = str(exc).split(":", 1)[0]
+            return web.json_response(
+                {"error": "invalid_request", "field": field_name, "message": str(exc)},
+                status=400,
+            )
+        query = replace(query, limit=min(query.limit or DEFAULT_API_LIMIT, MAX_API_LIMIT))
+        page = await query_store(bridge_of(request).store, query)
+        return web.json_response(
+            {
+                "events": [record_json(r) for r in page.events],
+                "next_position": page.next_position,
+                "head": page.head,
+            }
+        )
+
+    async def checkpoints(request: web.Request) -> web.Response:
+        store = bridge_of(request).store
+        found = await store.checkpoints() + CheckpointFile(store.config.checkpoints).read()
+        return web.json_response({"checkpoints": [msgspec.to_builtins(c) for c in _unique(found)]})
+
+    async def checkpoint_key(request: web.Request) -> web.Response:
+        store = bridge_of(request).store
+        pem = store.config.signing_key_file.with_suffix(".pub").read_text()
+        return web.Response(text=pem, content_type="application/x-pem-file")
+
+    app.router.add_get("/admin/events", events)
+    app.router.add_get("/admin/checkpoints", checkpoints)
+    app.router.add_get("/admin/checkpoint-key", checkpoint_key)
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """One line on stderr and an exit code for every expected failure, never a traceback.
+
+    The CLI's own handler cannot be relied on: under `python -m bridge.cli` this module
+    imports a second copy of `bridge.cli`, whose `CliError` the running `main` does not know.
+    """
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except BrokenPipeError:  # `lighthouse audit | head`: the reader has all it wants
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_OK
+        except AuditError as exc:
+            print(f"lighthouse: {exc}", file=sys.stderr)
+            return exc.code
+        except (StoreError, OSError, ValueError, msgspec.ValidationError) as exc:
+            print(f"lighthouse: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+
+    return run
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    return Path(args.db) if args.db else Path("lighthouse.db")
+
+
+def _via_server(args: argparse.Namespace) -> bool:
+    from .cli import _server_up
+
+    return args.db is None and _server_up()
+
+
+async def open_source(args: argparse.Namespace) -> EventSource:
+    """The running bridge when one answers and no --db was given, else the store file."""
+    if await asyncio.to_thread(_via_server, args):
+        return HttpSource(_db_path(args))
+    return await StoreSource.open(_db_path(args))
+
+
+def query_from_args(args: argparse.Namespace) -> AuditQuery:
+    return AuditQuery(
+        agent=args.agent,
+        types=tuple(args.type or ()),
+        stream=args.stream,
+        request_id=args.request,
+        since=parse_time(args.since, "--since") if args.since else None,
+        until=parse_time(args.until, "--until") if args.until else None,
+        from_position=args.from_position,
+        to_position=args.to_position,
+        limit=getattr(args, "limit", None),
+    )
+
+
+@_guarded
+def cmd_audit(args: argparse.Namespace) -> int:
+    query = query_from_args(args)
+
+    async def run() -> None:
+        source = await open_source(args)
+        try:
+            records = iterate(source, query)
+            if args.format == "jsonl":
+                async for r in records:
+                    sys.stdout.write(json.dumps(record_json(r), separators=(",", ":")) + "\n")
+            else:
+                print(TABLE_HEADER)
+                async for r in records:
+                    print(table_row(r))
+        finally:
+            await source.close()
+
+    asyncio.run(run())
+    return EXIT_OK
+
+
+@_guarded
+def cmd_security(args: argparse.Namespace) -> int:
+    since = parse_time(args.since, "--since") if args.since else None
+    query = AuditQuery(types=SECURITY_TYPES, since=since)
+
+    async def run() -> dict[str, Any]:
+        source = await open_source(args)
+        try:
+            return security_report([r async for r in iterate(source, query)], since)
+        finally:
+            await source.close()
+
+    report = asyncio.run(run())
+    print(json.dumps(report, indent=2) if args.format == "json" else format_security(report))
+    return EXIT_OK
+
+
+@_guarded
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    if _via_server(args):
+        pem = _fetch_text("/admin/checkpoint-key", _db_path(args))
+    else:
+        path = StoreConfig(path=_db_path(args)).signing_key_file.with_suffix(".pub")
+        if not path.exists():
+            raise AuditError(f"no checkpoint public key at {path}", EXIT_UNAVAILABLE)
+        pem = path.read_text()
+    sys.stdout.write(pem)
+    return EXIT_OK
+
+
+def _fetch_text(path: str, db: Path) -> str:
+    import urllib.error
+    import urllib.request
+
+    from .cli import _admin_token
+    from .config import env_url
+
+    request = urllib.request.Request(env_url() + path)
+    token = _admin_token(db)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as exc:
+        raise AuditError(f"GET {path} failed with HTTP {exc.code}") from None
+
+
+@_guarded
+def cmd_export(args: argparse.Namespace) -> int:
+    from .audit_export import write_export
+
+    query = replace(query_from_args(args), limit=None)
+    out = Path(args.out)
+
+    async def run() -> Any:
+        source = await open_source(args)
+        try:
+            return await write_export(source, query, out, progress_printer("exporting"))
+        finally:
+            await source.close()
+
+    summary = asyncio.run(run())
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(summary.describe())
+    return EXIT_OK
+
+
+@_guarded
+def cmd_verify_export(args: argparse.Namespace) -> int:
+    from .audit_export import verify_export
+
+    export, key = Path(args.file), Path(args.public_key)
+    if not export.is_file():
+        raise AuditError(f"no export file at {export}", EXIT_USAGE)
+    if not key.is_file():
+        raise AuditError(f"no public key file at {key}", EXIT_USAGE)
+    report = verify_export(export, key.read_bytes(), progress_printer("verifying"))
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.describe())
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def _add_filters(sp: argparse.ArgumentParser, *, limit: bool) -> None:
+    sp.add_argument("--db", help="store file (default: the running bridge, else ./lighthouse.db)")
+    sp.add_argument("--agent", help="actor, or named in data (from/to/recipient/by/agent)")
+    sp.add_argument("--type", action="append", metavar="TYPE", help="event type (repeatable)")
+    sp.add_argument("--stream")
+    sp.add_argument("--request", metavar="ID", help="request id")
+    sp.add_argument("--since", metavar="TIME", help="ISO-8601 or unix seconds")
+    sp.add_argument("--until", metavar="TIME", help="ISO-8601 or unix seconds (inclusive)")
+    sp.add_argument("--from-position", type=int, default=1, metavar="N")
+    sp.add_argument("--to-position", type=int, metavar="M")
+    if limit:
+        sp.add_argument("--limit", type=int, metavar="N", help="at most N events")
+
+
+def add_commands(sub: Any) -> None:
+    """`lighthouse audit [filters]` and its subcommands export, verify-export, pubkey, security."""
+    audit = sub.add_parser("audit", help="query, export and verify the event log")
+    _add_filters(audit, limit=True)
+    audit.add_argument("--format", choices=["table", "jsonl"], default="table")
+    audit.set_defaults(func=cmd_audit)
+    asub = audit.add_subparsers(dest="audit_command")
+
+    export = asub.add_parser("export", help="write a verifiable JSONL export")
+    _add_filters(export, limit=False)
+    export.add_argument("--out", required=True, metavar="FILE")
+    export.set_defaults(func=cmd_export)
+
+    verify = asub.add_parser("verify-export", help="verify an export offline")
+    verify.add_argument("file")
+    verify.add_argument("--public-key", required=True, metavar="PEM")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=cmd_verify_export)
+
+    pubkey = asub.add_parser("pubkey", help="print the checkpoint public key (PEM)")
+    pubkey.add_argument("--db")
+    pubkey.set_defaults(func=cmd_pubkey)
+
+    security = asub.add_parser("security", help="rejections, replays, rate limits, flag changes")
+    security.add_argument("--db")
+    security.add_argument("--since", metavar="TIME")
+    security.add_argument("--format", choices=["table", "json"], default="table")
+    security.set_defaults(func=cmd_security)

@@ -1,0 +1,384 @@
+"""Verifiable exports: a JSONL slice of the log that an auditor checks with the public key only.
+
+The store keeps a public SHA-256 chain, `digest_p = sha256(canonical_p ‖ digest_{p-1})`,
+and signs `(size, head_digest)` in its checkpoints. Because each digest hashes the whole
+record *and* its predecessor's digest, the only way to link record p to a signed head at
+size N is to recompute every digest from p to N, which needs the full content of every
+record in between. So an export is always a *contiguous* run of complete records,
+`first..last`, plus the signed checkpoints inside that run:
+
+- unfiltered: `first` = --from-position (default 1), `last` = the head (or --to-position);
+- filtered: `first` = --from-position as well (the start is not signed: starting at the
+  first match would let an exporter drop earlier matches unnoticed), `last` = the first
+  signed checkpoint at or after the last matching record. Records that do not match are
+  still included (flagged `"match": false`) because without them the chain cannot be
+  recomputed; the verifier re-applies the filter itself, so an exporter cannot hide a
+  matching record by flagging it false. (Hiding non-matching content would need a chain
+  over per-record leaf hashes, which the store does not have.)
+
+The first line is a header (format, store id, filters, range, `anchor_digest` = digest of
+`first - 1`, the signed checkpoints); then one line per record with its hashes and
+`prev_digest`; then an `end` line. Only the checkpoints are authenticated: the header
+and the end line are claims the verifier compares against what it recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from events import Checkpoint, Record
+from events.chain import checkpoint_signature_ok, load_public_key, public_link
+from events.model import GENESIS_HASH, canonical, encode_data
+
+from .audit import EXIT_USAGE, AuditError, AuditQuery, EventSource, iso, iterate, record_json
+
+FORMAT, VERSION = "lighthouse-audit-export", 1
+MAX_PROBLEMS = 100
+_PROGRESS_EVERY = 1000
+Progress = Callable[[int, int], None] | None
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ExportSummary:
+    out: Path
+    first: int
+    last: int
+    records: int
+    matched: int
+    covered_to: int
+
+    def describe(self) -> str:
+        tail = self.last - self.covered_to
+        covered = (
+            f"signed checkpoint covers up to {self.covered_to}"
+            if self.covered_to
+            else "no signed checkpoint covers it yet"
+        )
+        note = f"; {tail} records after it are not covered by a checkpoint" if tail > 0 else ""
+        return (
+            f"exported {self.records} records (positions {self.first}..{self.last}, "
+            f"{self.matched} matching) to {self.out}; {covered}{note}"
+        )
+
+
+async def _span(source: EventSource, query: AuditQuery, head: int) -> tuple[int, int]:
+    """First and last position an export of `query` must hold (before extending to a checkpoint).
+
+    A filtered export still starts at --from-position (default 1), not at the first match:
+    the start is not signed, so starting later would let an exporter silently leave out
+    earlier matches. From a fixed start, the verifier proves no match was left out.
+    """
+    first = query.from_position
+    last = min(query.to_position or head, head)
+    if query.filtered:
+        last = 0
+        async for record in iterate(source, query):
+            last = record.position
+    if last < first:
+        raise AuditError("no events match the filters in that range; nothing to export")
+    return first, last
+
+
+async def _anchor(source: EventSource, first: int) -> str:
+    """The digest the first exported record chains onto (genesis for position 1)."""
+    if first <= 1:
+        return GENESIS_HASH
+    page = await source.page(AuditQuery(from_position=first - 1, to_position=first - 1, limit=1))
+    if not page.events:
+        raise AuditError(f"position {first - 1} is missing from the store; run `lighthouse verify`")
+    return page.events[0].digest
+
+
+async def write_export(
+    source: EventSource, query: AuditQuery, out: Path, progress: Progress = None
+) -> ExportSummary:
+    """Write the export atomically (temp file, then rename): a partial file never appears."""
+    head = await source.head()
+    checkpoints = await source.checkpoints()
+    first, last = await _span(source, query, head)
+    covering = [cp.size for cp in checkpoints if cp.size >= last and cp.size <= head]
+    last = min(covering) if covering else last
+    included = [cp for cp in checkpoints if first <= cp.size <= last]
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "store_id": included[-1].store_id if included else None,
+        "exported_at": time.time(),
+        "selector": query.selector(),
+        "positions": [query.from_position, query.to_position],
+        "first": first,
+        "last": last,
+        "anchor_digest": await _anchor(source, first),
+        "checkpoints": [msgspec.to_builtins(cp) for cp in included],
+    }
+    tmp = out.with_name(out.name + ".partial")
+    count = matched = 0
+    prev = header["anchor_digest"]
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(json.dumps(header, separators=(",", ":")) + "\n")
+        async for record in iterate(source, AuditQuery(from_position=first, to_position=last)):
+            match = query.matches(record)
+            line = {**record_json(record), "prev_digest": prev, "match": match}
+            fh.write(json.dumps(line, separators=(",", ":")) + "\n")
+            prev, count, matched = record.digest, count + 1, matched + match
+            if progress is not None and count % _PROGRESS_EVERY == 0:
+                progress(count, last - first + 1)
+        fh.write(json.dumps({"end": True, "records": count, "matched": matched}) + "\n")
+    os.replace(tmp, out)
+    if progress is not None:
+        progress(count, last - first + 1)
+    covered = max((cp.size for cp in included), default=0)
+    return ExportSummary(out, first, last, count, matched, covered)
+
+
+# -- verifying ---------------------------------------------------------------------------
+
+
+class ExportProblem(msgspec.Struct, frozen=True):
+    position: int
+    kind: str
+    detail: str
+
+
+@dataclass(slots=True)
+class ExportReport:
+    """What an offline verification proved about one export."""
+
+    store_id: str | None = None
+    first: int = 0
+    last: int = 0
+    records: int = 0
+    matched: int = 0
+    selector: dict[str, Any] = field(default_factory=dict)
+    covered_to: int = 0
+    checkpoint_time: float | None = None
+    problems: list[ExportProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def uncovered(self) -> int:
+        return max(0, self.last - max(self.covered_to, self.first - 1)) if self.records else 0
+
+    def add(self, position: int, kind: str, detail: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(ExportProblem(position, kind, detail))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "store_id": self.store_id,
+            "first": self.first,
+            "last": self.last,
+            "records": self.records,
+            "matched": self.matched,
+            "selector": self.selector,
+            "covered_to": self.covered_to,
+            "checkpoint_time": self.checkpoint_time,
+            "not_covered": self.uncovered,
+            "problems": [msgspec.to_builtins(p) for p in self.problems],
+        }
+
+    def describe(self) -> str:
+        if not self.ok:
+            first = self.problems[0]
+            lines = [f"FAILED at position {first.position}: {first.kind}: {first.detail}"]
+            lines += [f"  also at {p.position}: {p.kind}: {p.detail}" for p in self.problems[1:10]]
+            return "\n".join(lines)
+        when = iso(self.checkpoint_time) if self.checkpoint_time else "?"
+        text = (
+            f"OK: {self.records} records (positions {self.first}..{self.last}) of store "
+            f"{self.store_id} are complete and unaltered up to the signed checkpoint at "
+            f"{self.covered_to} ({when}); {self.matched} match the export's filters "
+            f"{json.dumps(self.selector, separators=(',', ':'))}, and no other record in "
+            f"{self.first}..{self.last} does"
+        )
+        if self.uncovered:
+            text += (
+                f"\nWARNING: {self.uncovered} records after position {self.covered_to} are "
+                "not covered by a checkpoint (their content is unproven)"
+            )
+        return text
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    try:
+        return path.read_bytes().splitlines()
+    except FileNotFoundError:
+        raise AuditError(f"no export file at {path}", EXIT_USAGE) from None
+
+
+def _header(lines: list[bytes], path: Path) -> dict[str, Any]:
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise AuditError(f"{path} is not a Lighthouse audit export", EXIT_USAGE)
+    if header.get("version") != VERSION:
+        raise AuditError(f"{path}: export version {header.get('version')} is not supported")
+    return header
+
+
+def _public_key(pem: bytes) -> Any:
+    try:
+        return load_public_key(pem)
+    except ValueError as exc:
+        reason = str(exc).split(".")[0]
+        raise AuditError(
+            f"the public key is not an Ed25519 public key PEM ({reason})", EXIT_USAGE
+        ) from None
+
+
+def _digest_of(record: Record, prev: str) -> str:
+    body = canonical(
+        position=record.position,
+        stream=record.stream,
+        version=record.version,
+        event_id=record.event_id,
+        type=record.type,
+        time=record.time,
+        actor=record.actor,
+        data_json=encode_data(record.data),
+    )
+    return public_link(body, prev)
+
+
+@dataclass(slots=True)
+class _Walk:
+    """State of the chain walk: the next expected position and the digest to link to."""
+
+    expected: int
+    prev: str
+    digests: dict[int, str] = field(default_factory=dict)
+
+
+def _parse_records(
+    lines: list[bytes], report: ExportReport
+) -> tuple[list[tuple[Record, dict]], bool]:
+    """Record lines, in file order; whether the `end` line is present and last."""
+    records: list[tuple[Record, dict]] = []
+    ended = False
+    for number, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+            if obj.get("end") is True:
+                ended = True
+                continue
+            record = msgspec.convert(
+                {k: v for k, v in obj.items() if k not in ("prev_digest", "match")}, Record
+            )
+        except (ValueError, AttributeError, msgspec.ValidationError) as exc:
+            report.add(0, "malformed", f"line {number} is not a record: {exc}")
+            continue
+        if ended:
+            report.add(record.position, "malformed", "records after the end line")
+        records.append((record, obj))
+    return records, ended
+
+
+def _check_record(
+    record: Record,
+    extra: dict,
+    walk: _Walk,
+    positions: set[int],
+    query: AuditQuery,
+    report: ExportReport,
+) -> None:
+    p = record.position
+    if p != walk.expected:
+        if walk.expected in positions:
+            report.add(
+                walk.expected, "reordered", f"position {p} appears where {walk.expected} belongs"
+            )
+        else:
+            report.add(walk.expected, "missing", f"positions {walk.expected}..{p - 1} are missing")
+        walk.prev = extra.get("prev_digest", walk.prev)  # resynchronise to check the rest
+    elif extra.get("prev_digest") != walk.prev:
+        report.add(p, "broken_link", f"record {p} does not link to the record before it")
+    if _digest_of(record, walk.prev) != record.digest:
+        report.add(p, "edited", f"record {p} does not match its digest (content altered)")
+    if extra.get("match") != query.matches(record):
+        report.add(p, "match_flag", f"record {p} is flagged match={extra.get('match')} wrongly")
+    walk.digests[p] = record.digest
+    walk.prev, walk.expected = record.digest, p + 1
+
+
+def _check_checkpoints(
+    checkpoints: list[Checkpoint], key: Any, walk: _Walk, report: ExportReport
+) -> None:
+    for cp in checkpoints:
+        if not checkpoint_signature_ok(cp, key):
+            report.add(
+                cp.size,
+                "checkpoint_forged",
+                f"checkpoint at {cp.size} does not verify with this public key "
+                "(forged or altered checkpoint, or the wrong key)",
+            )
+        elif report.store_id is not None and cp.store_id != report.store_id:
+            report.add(
+                cp.size, "checkpoint_foreign", f"checkpoint at {cp.size} is of another store"
+            )
+        elif cp.size > report.last:
+            report.add(
+                report.last + 1,
+                "truncated",
+                f"a signed checkpoint covers {cp.size} events; the export ends at {report.last}",
+            )
+        elif walk.digests.get(cp.size) != cp.head_digest:
+            report.add(cp.size, "checkpoint_mismatch", f"record {cp.size} is not the one signed")
+        elif cp.size > report.covered_to:
+            report.covered_to, report.checkpoint_time = cp.size, cp.time
+
+
+def verify_export(path: Path, public_key_pem: bytes, progress: Progress = None) -> ExportReport:
+    """Check an export with the checkpoint public key only (no chain key, no database)."""
+    key = _public_key(public_key_pem)
+    lines = _read_lines(path)
+    header = _header(lines, path)
+    try:
+        checkpoints = msgspec.convert(header.get("checkpoints") or [], list[Checkpoint])
+        query = AuditQuery.from_selector(header.get("selector") or {})
+        lo, hi = header.get("positions") or [1, None]
+        query = replace(query, from_position=lo or 1, to_position=hi)
+        first, anchor = int(header["first"]), str(header["anchor_digest"])
+    except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
+        raise AuditError(f"{path}: the export header is damaged ({exc})") from None
+    report = ExportReport(store_id=header.get("store_id"), first=first, selector=query.selector())
+    records, ended = _parse_records(lines, report)
+    walk = _Walk(first, anchor)
+    positions = {r.position for r, _ in records}
+    for count, (record, extra) in enumerate(records, start=1):
+        _check_record(record, extra, walk, positions, query, report)
+        report.matched += query.matches(record)
+        if progress is not None and count % _PROGRESS_EVERY == 0:
+            progress(count, len(records))
+    report.records = len(records)
+    report.last = max(positions, default=first - 1)
+    claimed = header.get("last")
+    if isinstance(claimed, int) and claimed > report.last:
+        report.add(report.last + 1, "truncated", f"the export claims records up to {claimed}")
+    elif not ended:
+        report.add(report.last + 1, "truncated", "the export has no end line (file cut short)")
+    _check_checkpoints(checkpoints, key, walk, report)
+    if not report.covered_to and not any(p.kind.startswith("checkpoint") for p in report.problems):
+        report.add(first, "not_covered", "no signed checkpoint covers any exported record")
+    report.problems.sort(key=lambda p: p.position)
+    if progress is not None:
+        progress(len(records), len(records))
+    return report
