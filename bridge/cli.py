@@ -428,24 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_EXTENSION_MODULES = ("bridge.repair", "bridge.audit", "bridge.gateway")
-
-
 def _extensions(attribute: str) -> list[Callable[..., Any]]:
-    """Subsystems that bring their own commands (each module defines `add_commands`)."""
-    import importlib
+    """Subsystems that bring their own commands (`add_commands`) or routes (`add_routes`)."""
+    from . import audit, gateway, repair
 
-    found = []
-    for name in _EXTENSION_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        if hasattr(module, attribute):
-            found.append(getattr(module, attribute))
-    return found
+    return [getattr(m, attribute) for m in (repair, audit, gateway) if hasattr(m, attribute)]
 
 
 def main(argv: list[str] | None = None) -> int:
