@@ -10,7 +10,9 @@ them read while the writer commits).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import logging
 import os
 import socket
 import sqlite3
@@ -43,6 +45,9 @@ _COLUMNS = "position, stream, version, event_id, type, time, actor, data, prev_h
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _VERSION_CACHE_LIMIT = 100_000
+_WAL_CHECKPOINT_S = 0.5
+_WAL_AUTOCHECKPOINT_PAGES = 20_000
+log = logging.getLogger(__name__)
 _data_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -117,6 +122,8 @@ def open_sqlite(
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        # A safety net only: the store checkpoints the WAL in the background.
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
 
@@ -131,6 +138,7 @@ class SqliteEventStore(GroupCommitStore):
         self._wconn: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._versions: dict[str, int] = {}
+        self._wal_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, config: StoreConfig) -> SqliteEventStore:
@@ -153,6 +161,29 @@ class SqliteEventStore(GroupCommitStore):
         await loop.run_in_executor(self._thread, self._prepare_writer)
         await self._open_reader()
         self._start_writer()
+        self._wal_task = asyncio.create_task(self._checkpoint_wal(), name="lighthouse-wal")
+
+    async def _checkpoint_wal(self) -> None:
+        """Copy the WAL into the database off the commit path.
+
+        SQLite's automatic checkpoint runs inside whichever COMMIT crosses the threshold,
+        stalling that batch (and every appender waiting on it); a passive checkpoint on
+        its own connection and thread every half second keeps commits short instead.
+        """
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lighthouse-wal")
+        conn = await loop.run_in_executor(pool, open_sqlite, self.config.path,
+                                          self.config.synchronous)
+        try:
+            while True:
+                await asyncio.sleep(_WAL_CHECKPOINT_S)
+                await loop.run_in_executor(pool, conn.execute,
+                                           "PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # the writer's own autocheckpoint is the fallback
+            log.warning("background WAL checkpoint stopped: %s", exc)
+        finally:
+            await asyncio.shield(loop.run_in_executor(pool, conn.close))
+            pool.shutdown(wait=False)
 
     def _prepare_writer(self) -> None:
         try:
@@ -464,6 +495,11 @@ class SqliteEventStore(GroupCommitStore):
     # -- closing ---------------------------------------------------------------------------
 
     async def _close_backend(self) -> None:
+        if self._wal_task is not None:
+            self._wal_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._wal_task
+            self._wal_task = None
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
