@@ -402,6 +402,7 @@ class Router:
         """Send elicitation/create to the recipient's session and take its answer."""
         self.metrics.elicitations_in_flight.inc()
         req.extra["session_id"] = session.session_id
+        req.extra["related"] = related
         started = time.perf_counter()
         try:
             await self.log.record(
@@ -433,7 +434,7 @@ class Router:
                 except AnswerRefused as refused:
                     if refused.reason != "invalid_content":
                         return
-                    related = self._refresh_related(session)
+                    related = req.extra["related"] = self._refresh_related(session)
         except TimeoutError:
             self.metrics.elicitations.labels("timeout").inc()
             return
@@ -555,6 +556,17 @@ class Router:
         for req in self.in_flight():
             if req.extra.get("session_id") == session_id:
                 await self.fall_back(req, "session_gone")
+
+    async def stream_lost(self, session_id: str, related: Any) -> int:
+        """The stream that pushes for `session_id` rode on (a pending call's, or the GET
+        stream when `related` is None) lost its client: what it carried falls back."""
+        riding = [
+            r
+            for r in self.in_flight()
+            if r.extra.get("session_id") == session_id and r.extra.get("related") == related
+        ]
+        moved = await asyncio.gather(*(self.fall_back(r, "transport_error") for r in riding))
+        return sum(moved)
 
     async def adopt_open_requests(self) -> int:
         """After a restart: deadline timers back, and elicitations (whose sessions died

@@ -68,6 +68,10 @@ class BridgeProcess:
         return self.workdir / "lighthouse.db"
 
     @property
+    def log_path(self) -> Path:
+        return self.workdir / "bridge.log"
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -93,15 +97,18 @@ class BridgeProcess:
         return agent
 
     def start(self) -> BridgeProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "serve", "--port", str(self.port),
-             "--db", str(self.db), *self.extra_args],
-            cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        # Output goes to a file, not a pipe: a pipe nobody reads fills up and blocks the
+        # server on its next log line.
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "serve", "--port", str(self.port),
+                 "--db", str(self.db), *self.extra_args],
+                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, text=True,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"bridge exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+                raise AssertionError(f"bridge exited: {self.log_path.read_text()}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
                     if r.status == 200:
@@ -117,9 +124,6 @@ class BridgeProcess:
         try:
             code = self.proc.wait(timeout)
         finally:
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
             self.proc = None
         return code
 

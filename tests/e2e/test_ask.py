@@ -258,3 +258,55 @@ async def test_list_agents(bridge: BridgeProcess) -> None:
     assert by_name["bob"]["roles"] == ["expert"] and by_name["bob"]["online"] is True
     assert by_name["bob"]["elicitation"] is True
     assert by_name["carol"]["online"] is False
+
+
+_VANISHING_BOB = """
+import asyncio, json, sys
+from bridge.client import connect
+
+async def hang(ctx, params):
+    print("elicited", flush=True)
+    await asyncio.sleep(3600)
+
+async def main():
+    agent = json.loads(sys.argv[2])
+    async with connect(sys.argv[1], agent["key_id"], agent["secret"],
+                       elicitation_callback=hang) as bob:
+        await bob.call_tool("wait_for_messages", {"timeout_s": 25})
+
+asyncio.run(main())
+"""
+
+
+async def test_recipient_process_killed_mid_request_falls_back(bridge: BridgeProcess) -> None:
+    """Bob's process dies (no DELETE, no goodbye) while the elicitation rides his pending
+    call's stream: the bridge sees the client gone, moves the request to the mailbox, and
+    bob's next client answers it there."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    bob = bridge.agents["bob"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _VANISHING_BOB, bridge.mcp_url,
+        json.dumps({"key_id": bob.key_id, "secret": bob.secret}),
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    async with bridge.client("alice") as alice:
+        await wait_until(lambda: bridge.health()["sessions"].get("2025-11-25", 0) >= 2)
+        asking = asyncio.create_task(_ask(alice, timeout_s=60))
+        assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"elicited"
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        async with bridge.client("bob") as bob2:
+            got = await bob2.call_tool("wait_for_messages", {"timeout_s": 20})
+            [item] = got.structured_content["messages"]
+            await bob2.call_tool("respond", {"request_id": item["request_id"],
+                                             "action": "accept",
+                                             "content": {"answer": "survived"}})
+        result = (await asking).structured_content
+    assert result["content"] == {"answer": "survived"} and result["path"] == "legacy"
+    [fell] = await read_events(bridge.db, ["RequestFellBack"])
+    assert fell.data["cause"] in ("transport_error", "session_gone")
