@@ -36,7 +36,7 @@ import msgspec
 
 from events import Checkpoint, Record
 from events.chain import checkpoint_signature_ok, load_public_key, public_link
-from events.model import GENESIS_HASH, canonical, encode_data
+from events.model import GENESIS_HASH, record_bytes
 
 from .audit import EXIT_USAGE, AuditError, AuditQuery, EventSource, iso, iterate, record_json
 
@@ -244,17 +244,7 @@ def _public_key(pem: bytes) -> Any:
 
 
 def _digest_of(record: Record, prev: str) -> str:
-    body = canonical(
-        position=record.position,
-        stream=record.stream,
-        version=record.version,
-        event_id=record.event_id,
-        type=record.type,
-        time=record.time,
-        actor=record.actor,
-        data_json=encode_data(record.data),
-    )
-    return public_link(body, prev)
+    return public_link(record_bytes(record), prev)
 
 
 @dataclass(slots=True)

@@ -268,22 +268,10 @@ class McpHost:
         }
 
     def _recipients(self, sender: str, to: str) -> list[str]:
-        agents = self.router.registry.agents
-        kind, _, name = to.partition(":")
-        if kind in ("role", "capability") and name:
-            attr = "roles" if kind == "role" else "capabilities"
-            found = sorted(
-                a.agent
-                for a in agents.values()
-                if not a.revoked and name in getattr(a, attr) and a.agent != sender
-            )
-            if not found:
-                raise ToolError(f"to: no agent has {kind} {name!r}")
-            return found
-        info = agents.get(to)
-        if info is None or info.revoked:
-            raise ToolError(f"to: unknown or revoked agent {to!r}")
-        return [to]
+        try:
+            return [a.agent for a in self.router.matching(sender, to)]
+        except AskError as exc:
+            raise ToolError(str(exc)) from None
 
     async def _list_agents(self) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ from typing import Any
 from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import CONNECTION_CLOSED
 
-from security import KeyRegistry
+from security import AgentInfo, KeyRegistry
 
 from .domain import (
     ANSWER_REJECTED,
@@ -209,25 +209,31 @@ class Router:
             raise AskError(f"timeout_s: must be > 0 and <= {self.max_timeout_s:g}")
         return float(timeout)
 
-    def _resolve(self, caller: str, to: str) -> str:
+    def matching(self, caller: str, to: str) -> list[AgentInfo]:
+        """Live agents that `to` names: one agent, or every holder of `role:`/`capability:`
+        other than the caller. Raises AskError when there is none."""
         kind, _, name = to.partition(":")
         agents = self.registry.agents
         if kind in ("role", "capability") and name:
             attr = "roles" if kind == "role" else "capabilities"
-            matches = [
+            found = [
                 a
                 for a in agents.values()
                 if not a.revoked and name in getattr(a, attr) and a.agent != caller
             ]
-            if not matches:
+            if not found:
                 raise AskError(f"to: no agent has {kind} {name!r}")
-            online = [a for a in matches if self.presence.online(a.agent)]
-            pool = online or matches
-            return min(pool, key=lambda a: self._load(a.agent)).agent
+            return sorted(found, key=lambda a: a.agent)
         info = agents.get(to)
         if info is None or info.revoked:
             raise AskError(f"to: unknown or revoked agent {to!r}")
-        return to
+        return [info]
+
+    def _resolve(self, caller: str, to: str) -> str:
+        """One recipient: an online match if any, the least loaded among them."""
+        matches = self.matching(caller, to)
+        online = [a for a in matches if self.presence.online(a.agent)]
+        return min(online or matches, key=lambda a: self._load(a.agent)).agent
 
     def _load(self, agent: str) -> int:
         return sum(1 for r in self.requests.open.values() if r.recipient == agent)

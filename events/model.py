@@ -105,3 +105,17 @@ def canonical(
 def checkpoint_payload(cp: Checkpoint) -> bytes:
     """The bytes a checkpoint signature covers."""
     return _encoder.encode([cp.store_id, cp.size, cp.head_hash, cp.head_digest, cp.time])
+
+
+def record_bytes(record: Record) -> bytes:
+    """The canonical bytes of a stored record, recomputed from its fields (for verifiers)."""
+    return canonical(
+        position=record.position,
+        stream=record.stream,
+        version=record.version,
+        event_id=record.event_id,
+        type=record.type,
+        time=record.time,
+        actor=record.actor,
+        data_json=encode_data(record.data),
+    )

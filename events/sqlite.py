@@ -172,13 +172,13 @@ class SqliteEventStore(GroupCommitStore):
         """
         loop = asyncio.get_running_loop()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lighthouse-wal")
-        conn = await loop.run_in_executor(pool, open_sqlite, self.config.path,
-                                          self.config.synchronous)
+        conn = await loop.run_in_executor(
+            pool, open_sqlite, self.config.path, self.config.synchronous
+        )
         try:
             while True:
                 await asyncio.sleep(_WAL_CHECKPOINT_S)
-                await loop.run_in_executor(pool, conn.execute,
-                                           "PRAGMA wal_checkpoint(PASSIVE)")
+                await loop.run_in_executor(pool, conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:  # the writer's own autocheckpoint is the fallback
             log.warning("background WAL checkpoint stopped: %s", exc)
         finally:

@@ -22,7 +22,7 @@ from .chain import (
     load_public_key,
     public_link,
 )
-from .model import GENESIS_HASH, Checkpoint, Record, canonical, encode_data
+from .model import GENESIS_HASH, Checkpoint, Record, record_bytes
 from .store import EventStore, StoreConfig
 
 ProblemKind = Literal[
@@ -79,19 +79,6 @@ async def verify_with_config(
     )
 
 
-def _recompute(record: Record) -> bytes:
-    return canonical(
-        position=record.position,
-        stream=record.stream,
-        version=record.version,
-        event_id=record.event_id,
-        type=record.type,
-        time=record.time,
-        actor=record.actor,
-        data_json=encode_data(record.data),
-    )
-
-
 async def verify_store(
     store: EventStore,
     *,
@@ -139,9 +126,7 @@ async def verify_store(
                 f"positions {size + 1}..{allocated} were allocated and are gone",
             )
         )
-    cps = _checkpoint_problems(
-        store.store_id, stored, file_checkpoints, public_key, size, at_size
-    )
+    cps = _checkpoint_problems(store.store_id, stored, file_checkpoints, public_key, size, at_size)
     problems.extend(cps[0])
     problems.sort(key=lambda p: p.position)
     return VerifyReport(not problems, size, checked, cps[1], cps[2], problems[:MAX_PROBLEMS])
@@ -160,7 +145,7 @@ def _check_record(
         ]
     if record.prev_hash != last_hash:
         return [Problem(p, "broken_link", record.prev_hash)]
-    body = _recompute(record)
+    body = record_bytes(record)
     if key.link(body, record.prev_hash) != record.hash:
         return [Problem(p, "edited", f"record at {p} does not match its hash")]
     if public_link(body, last_digest) != record.digest:
