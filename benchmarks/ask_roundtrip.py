@@ -711,6 +711,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bare", action="store_true", help="skip the bare relay cells")
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     p.add_argument(
+        "--guard-p99-ms",
+        type=float,
+        default=1000.0,
+        help="the bridge's auto-rollback p99 threshold (raise it to measure an overloaded "
+        "elicitation path instead of watching the guard switch it off)",
+    )
+    p.add_argument(
         "--profile-cell",
         nargs="*",
         default=[],
@@ -731,7 +738,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ask-roundtrip-"))
     logdir = workdir / "logs"
     logdir.mkdir()
-    serve_args = ("--rate", "100000", "--burst", "100000")
+    serve_args = (
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+        "--guard-p99-ms",
+        str(args.guard_p99_ms),
+    )
     bridge = BridgeProcess(workdir, extra_args=serve_args)
     bare_proc: subprocess.Popen[Any] | None = None
     cells: list[dict[str, Any]] = []
