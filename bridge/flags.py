@@ -55,8 +55,8 @@ def bucket(agent: str, flag: str = FLAG_NAME) -> int:
 def parse_change(body: object, current: FlagState) -> FlagState:
     """Validate a requested change against the current state; raise FlagError naming the field.
 
-    Fields not given keep their current value; `overrides` replaces the whole map (an
-    override set to null removes that agent's override).
+    Fields not given keep their current value, except `force`, which applies to this
+    change only; `overrides` merges into the map (an override set to null removes it).
     """
     if not isinstance(body, dict):
         raise FlagError("body", "must be a JSON object")
@@ -64,6 +64,7 @@ def parse_change(body: object, current: FlagState) -> FlagState:
     if unknown:
         raise FlagError(unknown[0], "unknown field")
     new = current.to_dict()
+    new["force"] = False  # force belongs to one change, it is not a standing setting
     for key in ("elicitation_enabled", "force"):
         if key in body:
             if not isinstance(body[key], bool):

@@ -79,3 +79,9 @@ def test_bad_changes_name_the_field(body: object, field: str) -> None:
 def test_override_null_removes_it() -> None:
     state = parse_change({"overrides": {"a": True, "b": False}}, FlagState())
     assert parse_change({"overrides": {"a": None}}, state).overrides == {"b": False}
+
+
+def test_force_applies_to_one_change_only() -> None:
+    forced = parse_change({"elicitation_enabled": False, "force": True}, FlagState())
+    assert forced.force is True
+    assert parse_change({"elicitation_enabled": True}, forced).force is False
