@@ -141,6 +141,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             guard_error_rate=args.guard_error_rate,
             guard_p99_ms=args.guard_p99_ms,
             guard_min_samples=args.guard_min_samples,
+            trusted_proxies=tuple(args.trusted_proxy),
+            allowed_origins=tuple(args.allowed_origin),
         )
     )
     return EXIT_OK
@@ -373,6 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=20,
         help="elicitations in the window before the guard may act",
+    )
+    s.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="honour X-Forwarded-For from these proxies (repeatable)",
+    )
+    s.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="browser Origin allowed besides the bound host (repeatable)",
     )
     s.add_argument(
         "--no-elicitation",
