@@ -332,10 +332,21 @@ async def _on_shutdown(app: web.Application) -> None:
     await bridge.mcp_handler.on_shutdown(app)
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (a dependency except on Windows): the bridge is bound by
+    its event loop, and uvloop takes ~10-25 % off the server CPU per ask."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; then stop accepting, finish in-flight calls, flush."""
     web.run_app(
         create_app(settings),
+        loop=_new_loop(),
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.shutdown_grace_s,
