@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -62,10 +63,8 @@ def parse_time(text: str | float, name: str = "time") -> float:
     """Unix seconds or ISO-8601 (a naive time is UTC: audit logs cross time zones)."""
     if isinstance(text, int | float):
         return float(text)
-    try:
+    with contextlib.suppress(ValueError):
         return float(text)
-    except ValueError:
-        pass
     raw = text.strip()
     if raw.endswith(("Z", "z")):
         raw = raw[:-1] + "+00:00"

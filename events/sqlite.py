@@ -277,10 +277,8 @@ class SqliteEventStore(GroupCommitStore):
         (a retry can look like a version conflict), the batch is redone with the lookup
         that tells an idempotent retry from a conflict.
         """
-        try:
+        with contextlib.suppress(sqlite3.IntegrityError, _NeedsLookup):
             return self._write_batch(batch, lookup=False)
-        except (sqlite3.IntegrityError, _NeedsLookup):
-            pass
         try:
             return self._write_batch(batch, lookup=True)
         except sqlite3.Error as exc:

@@ -158,7 +158,7 @@ class RequestView(msgspec.Struct, frozen=True):
 
 
 class _ParseError(ValueError):
-    pass
+    """Malformed structured field; always turned into a `malformed_signature` rejection."""
 
 
 class _Token(str):

@@ -8,6 +8,7 @@ Clients connect with the official SDK through `bridge.client.connect`, signed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def lighthouse(*args: str, cwd: Path, env: dict[str, str] | None = None,
-               check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def lighthouse(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", *args], cwd=cwd, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=timeout,
+        [sys.executable, "-m", "bridge.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"lighthouse {' '.join(args)} failed: {result.stderr}")
@@ -90,8 +101,7 @@ class BridgeProcess:
     def add_agent(self, name: str, *options: str) -> Agent:
         """Register an agent (directly on the store when stopped, via the API when running)."""
         db_args = ("--db", str(self.db)) if self.proc is None else ()
-        out = lighthouse("agents", "add", name, *options, *db_args, cwd=self.workdir,
-                         env=self.env)
+        out = lighthouse("agents", "add", name, *options, *db_args, cwd=self.workdir, env=self.env)
         data = json.loads(out.stdout)
         agent = self.agents[name] = Agent(data["agent"], data["key_id"], data["secret"])
         return agent
@@ -101,9 +111,21 @@ class BridgeProcess:
         # server on its next log line.
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "serve", "--port", str(self.port),
-                 "--db", str(self.db), *self.extra_args],
-                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "bridge.cli",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--db",
+                    str(self.db),
+                    *self.extra_args,
+                ],
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -138,8 +160,9 @@ class BridgeProcess:
         with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
             return json.loads(r.read())
 
-    def admin(self, method: str, path: str, body: Any = None,
-              headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def admin(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {self.admin_token}")
@@ -172,3 +195,19 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
             return
         await asyncio.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+@contextlib.contextmanager
+def running_bridge(
+    workdir: Path, agents: dict[str, tuple[str, ...]], extra_args: tuple[str, ...] = ()
+) -> Iterator[BridgeProcess]:
+    """A started bridge with `agents` (name -> `agents add` options), stopped afterwards."""
+    bridge = BridgeProcess(workdir, extra_args=extra_args)
+    for name, options in agents.items():
+        bridge.add_agent(name, *options)
+    bridge.start()
+    try:
+        yield bridge
+    finally:
+        if bridge.proc is not None:
+            bridge.stop()

@@ -30,7 +30,7 @@ from bridge.audit_export import verify_export, write_export
 from events import NewEvent, SqliteEventStore, StoreConfig
 from security.keys import decode_secret
 from security.signatures import sign_request
-from tests.harness import SCHEMA, BridgeProcess, read_events, wait_until
+from tests.harness import SCHEMA, BridgeProcess, read_events, running_bridge, wait_until
 
 T0 = 1_790_000_000.0  # fixed event times make the time filters exact
 
@@ -436,15 +436,8 @@ def test_cli_table_and_jsonl(db: Path, tmp_path: Path) -> None:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[BridgeProcess]:
-    b = BridgeProcess(tmp_path)
-    b.add_agent("alice")
-    b.add_agent("bob", "--role", "expert")
-    b.start()
-    try:
+    with running_bridge(tmp_path, {"alice": (), "bob": ("--role", "expert")}) as b:
         yield b
-    finally:
-        if b.proc is not None:
-            b.stop()
 
 
 async def _ask_bob(bridge: BridgeProcess) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import BridgeProcess
+from tests.harness import BridgeProcess, running_bridge
 from tests.test_audit import _ask_bob, make_rejections
 
 RUNSHEET_FAMILIES = {
@@ -33,15 +33,8 @@ RUNSHEET_FAMILIES = {
 
 @pytest.fixture
 def metrics_bridge(tmp_path: Path) -> Iterator[BridgeProcess]:
-    b = BridgeProcess(tmp_path)
-    b.add_agent("alice")
-    b.add_agent("bob", "--role", "expert")
-    b.start()
-    try:
+    with running_bridge(tmp_path, {"alice": (), "bob": ("--role", "expert")}) as b:
         yield b
-    finally:
-        if b.proc is not None:
-            b.stop()
 
 
 def scrape(bridge: BridgeProcess) -> str:

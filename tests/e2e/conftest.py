@@ -5,19 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import BridgeProcess
+from tests.harness import BridgeProcess, running_bridge
+
+AGENTS = {"alice": (), "bob": ("--role", "expert", "--capability", "review"), "carol": ()}
 
 
 @pytest.fixture
 def bridge(tmp_path: Path) -> Iterator[BridgeProcess]:
     """A running bridge with agents alice, bob (role expert) and carol."""
-    b = BridgeProcess(tmp_path)
-    b.add_agent("alice")
-    b.add_agent("bob", "--role", "expert", "--capability", "review")
-    b.add_agent("carol")
-    b.start()
-    try:
+    with running_bridge(tmp_path, AGENTS) as b:
         yield b
-    finally:
-        if b.proc is not None:
-            b.stop()
