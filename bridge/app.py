@@ -118,9 +118,7 @@ async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) ->
     requests, presence, metrics = Requests(), Presence(), Metrics()
     store.commit_observer = metrics.observe_commit
     event_logger = EventLogger()
-    event_log = Log(
-        store, [RegistryProjection(registry), flags, requests, mailboxes, event_logger]
-    )
+    event_log = Log(store, [RegistryProjection(registry), flags, requests, mailboxes, event_logger])
     replayed = await event_log.replay()
     event_logger.live = True  # one JSON log line per new fact of interest, not the history
     vault = SQLiteSecretVault.open(

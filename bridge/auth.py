@@ -186,8 +186,12 @@ def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
                 await _record(
                     bridge,
                     ADMIN_AUTH_FAILED,
-                    {"remote": remote, "reason": result.reason, "path": request.path,
-                     "agent": None},
+                    {
+                        "remote": remote,
+                        "reason": result.reason,
+                        "path": request.path,
+                        "agent": None,
+                    },
                 )
             headers = (
                 {"Retry-After": str(int(result.retry_after) + 1)} if result.retry_after else None

@@ -1,7 +1,7 @@
 """Connect an agent to a bridge with the official MCP SDK, every request signed.
 
-    async with connect(url, key_id, secret, elicitation_callback=answer) as client:
-        result = await client.call_tool("ask", {...})
+async with connect(url, key_id, secret, elicitation_callback=answer) as client:
+    result = await client.call_tool("ask", {...})
 """
 
 from __future__ import annotations

@@ -72,8 +72,13 @@ class Guard:
         if not reasons:
             return None
         self._tripping = True
-        return GuardDecision(time.time(), figures["samples"], figures["error_rate"],
-                             figures["p99_ms"], "; ".join(reasons))
+        return GuardDecision(
+            time.time(),
+            figures["samples"],
+            figures["error_rate"],
+            figures["p99_ms"],
+            "; ".join(reasons),
+        )
 
     def figures(self) -> dict[str, Any]:
         n = len(self._samples)
@@ -89,12 +94,24 @@ class Guard:
         try:
             old = self.flags.state
             new = msgspec.structs.replace(old, elicitation_enabled=False, force=True)
-            await self.log.append_events(FLAGS_STREAM, "guard", [(FLAG_CHANGED, {
-                "old": old.to_dict(), "new": new.to_dict(),
-                "reason": f"auto-rollback: {decision.reason}",
-            })], expected_version=self.flags.version)
-            await self.log.record(OPS_STREAM, AUTO_ROLLBACK, msgspec.to_builtins(decision),
-                                  actor="guard")
+            await self.log.append_events(
+                FLAGS_STREAM,
+                "guard",
+                [
+                    (
+                        FLAG_CHANGED,
+                        {
+                            "old": old.to_dict(),
+                            "new": new.to_dict(),
+                            "reason": f"auto-rollback: {decision.reason}",
+                        },
+                    )
+                ],
+                expected_version=self.flags.version,
+            )
+            await self.log.record(
+                OPS_STREAM, AUTO_ROLLBACK, msgspec.to_builtins(decision), actor="guard"
+            )
             self.last_decision = decision
             self.metrics.auto_rollbacks.inc()
         finally:
@@ -102,8 +119,12 @@ class Guard:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "thresholds": {"error_rate": self.max_error_rate, "p99_ms": self.max_p99_ms,
-                           "min_samples": self.min_samples, "window_s": self.window_s},
+            "thresholds": {
+                "error_rate": self.max_error_rate,
+                "p99_ms": self.max_p99_ms,
+                "min_samples": self.min_samples,
+                "window_s": self.window_s,
+            },
             "window": self.figures(),
             "last_decision": msgspec.to_builtins(self.last_decision),
         }

@@ -23,8 +23,7 @@ def test_forwarded_for_is_ignored_without_trusted_proxies() -> None:
 
 
 def test_forwarded_for_from_an_untrusted_peer_is_ignored() -> None:
-    assert client_address(_request("203.0.113.9", "10.0.0.1"), ("192.0.2.0/24",)) == \
-        "203.0.113.9"
+    assert client_address(_request("203.0.113.9", "10.0.0.1"), ("192.0.2.0/24",)) == "203.0.113.9"
 
 
 def test_first_untrusted_hop_behind_trusted_proxies() -> None:

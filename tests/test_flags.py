@@ -9,14 +9,14 @@ from hypothesis import strategies as st
 from bridge.domain import FLAG_CHANGED, Fact
 from bridge.flags import FlagError, Flags, FlagState, bucket, parse_change
 
-agent_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1,
-                      max_size=40)
+agent_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=40)
 
 
 def _flags(**state: object) -> Flags:
     flags = Flags()
-    flags.apply(Fact(1, "flags", FLAG_CHANGED, {"old": {}, "new": FlagState(**state).to_dict()},
-                     "ops", 0.0))
+    flags.apply(
+        Fact(1, "flags", FLAG_CHANGED, {"old": {}, "new": FlagState(**state).to_dict()}, "ops", 0.0)
+    )
     return flags
 
 
@@ -60,16 +60,19 @@ def test_evaluation_error_means_legacy() -> None:
     assert flags.elicitation_for("a") is False
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ([], "body"),
-    ({"rollout_percent": -1}, "rollout_percent"),
-    ({"rollout_percent": True}, "rollout_percent"),
-    ({"force": 1}, "force"),
-    ({"overrides": []}, "overrides"),
-    ({"overrides": {"": True}}, "overrides"),
-    ({"nope": 1}, "nope"),
-    ({"reason": 5}, "reason"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([], "body"),
+        ({"rollout_percent": -1}, "rollout_percent"),
+        ({"rollout_percent": True}, "rollout_percent"),
+        ({"force": 1}, "force"),
+        ({"overrides": []}, "overrides"),
+        ({"overrides": {"": True}}, "overrides"),
+        ({"nope": 1}, "nope"),
+        ({"reason": 5}, "reason"),
+    ],
+)
 def test_bad_changes_name_the_field(body: object, field: str) -> None:
     with pytest.raises(FlagError) as info:
         parse_change(body, FlagState())

@@ -24,41 +24,59 @@ FORM = {
 
 def test_valid_schema_and_content() -> None:
     assert check_schema(FORM) is FORM
-    content = {"name": "ann", "email": "a@b.io", "when": "2026-11-23", "size": "m",
-               "count": 2, "ratio": 0.5, "ok": True, "tags": ["a"]}
+    content = {
+        "name": "ann",
+        "email": "a@b.io",
+        "when": "2026-11-23",
+        "size": "m",
+        "count": 2,
+        "ratio": 0.5,
+        "ok": True,
+        "tags": ["a"],
+    }
     assert check_content(FORM, content) == content
 
 
-@pytest.mark.parametrize(("schema", "message"), [
-    ([], "must be a JSON object"),
-    ({"type": "array"}, 'schema.type must be "object"'),
-    ({"type": "object", "properties": {}}, "non-empty"),
-    ({"type": "object", "properties": {"x": {"type": "object"}}}, "nested objects"),
-    ({"type": "object", "properties": {"x": {"type": "string", "pattern": ".*"}}},
-     "unsupported keys"),
-    ({"type": "object", "properties": {"x": {"type": "string", "format": "ipv4"}}}, "format"),
-    ({"type": "object", "properties": {"x": {"type": "string"}}, "required": ["y"]},
-     "unknown properties"),
-])
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ([], "must be a JSON object"),
+        ({"type": "array"}, 'schema.type must be "object"'),
+        ({"type": "object", "properties": {}}, "non-empty"),
+        ({"type": "object", "properties": {"x": {"type": "object"}}}, "nested objects"),
+        (
+            {"type": "object", "properties": {"x": {"type": "string", "pattern": ".*"}}},
+            "unsupported keys",
+        ),
+        ({"type": "object", "properties": {"x": {"type": "string", "format": "ipv4"}}}, "format"),
+        (
+            {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["y"]},
+            "unknown properties",
+        ),
+    ],
+)
 def test_invalid_schemas_are_named(schema: object, message: str) -> None:
     with pytest.raises(SchemaError, match=message):
         check_schema(schema)
 
 
-@pytest.mark.parametrize(("content", "error"), [
-    ({}, "name: required"),
-    ({"name": "a"}, "name: must be at least 2 characters"),
-    ({"name": "abcdef"}, "name: must be at most 5 characters"),
-    ({"name": "ab", "email": "nope"}, "email: is not a valid email"),
-    ({"name": "ab", "when": "2026-13-40"}, "when: is not a valid date"),
-    ({"name": "ab", "size": "xl"}, "size: 'xl' is not an allowed choice"),
-    ({"name": "ab", "count": 9}, "count: must be <= 3"),
-    ({"name": "ab", "count": 1.5}, "count: must be an integer"),
-    ({"name": "ab", "ratio": "1"}, "ratio: must be a number"),
-    ({"name": "ab", "ok": 1}, "ok: must be true or false"),
-    ({"name": "ab", "tags": ["c"]}, "tags: 'c' is not an allowed choice"),
-    ({"name": "ab", "extra": 1}, "extra: unknown field"),
-])
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ({}, "name: required"),
+        ({"name": "a"}, "name: must be at least 2 characters"),
+        ({"name": "abcdef"}, "name: must be at most 5 characters"),
+        ({"name": "ab", "email": "nope"}, "email: is not a valid email"),
+        ({"name": "ab", "when": "2026-13-40"}, "when: is not a valid date"),
+        ({"name": "ab", "size": "xl"}, "size: 'xl' is not an allowed choice"),
+        ({"name": "ab", "count": 9}, "count: must be <= 3"),
+        ({"name": "ab", "count": 1.5}, "count: must be an integer"),
+        ({"name": "ab", "ratio": "1"}, "ratio: must be a number"),
+        ({"name": "ab", "ok": 1}, "ok: must be true or false"),
+        ({"name": "ab", "tags": ["c"]}, "tags: 'c' is not an allowed choice"),
+        ({"name": "ab", "extra": 1}, "extra: unknown field"),
+    ],
+)
 def test_invalid_content_lists_each_problem(content: dict, error: str) -> None:
     with pytest.raises(ContentError) as info:
         check_content(FORM, content)

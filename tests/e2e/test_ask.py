@@ -28,8 +28,14 @@ async def _types_for(bridge: BridgeProcess, request_id: str) -> list[str]:
 
 async def _ask(client: Any, to: str = "bob", timeout_s: float = 10, **extra: Any) -> Any:
     result = await client.call_tool(
-        "ask", {"to": to, "message": "meaning of life?", "schema": SCHEMA,
-                "timeout_s": timeout_s, **extra}
+        "ask",
+        {
+            "to": to,
+            "message": "meaning of life?",
+            "schema": SCHEMA,
+            "timeout_s": timeout_s,
+            **extra,
+        },
     )
     return result
 
@@ -42,11 +48,14 @@ async def test_ask_answered_by_elicitation(bridge: BridgeProcess, mode: str) -> 
         seen.append(params)
         return ElicitResult(action="accept", content={"answer": "42"})
 
-    async with bridge.client("bob", mode=mode, elicitation_callback=answer) as bob, \
-            bridge.client("alice") as alice:
+    async with (
+        bridge.client("bob", mode=mode, elicitation_callback=answer) as bob,
+        bridge.client("alice") as alice,
+    ):
         waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 10}))
-        await wait_until(lambda: bridge.health()["sessions"].get("2026-07-28", 0) > 0
-                         or mode == "legacy")
+        await wait_until(
+            lambda: bridge.health()["sessions"].get("2026-07-28", 0) > 0 or mode == "legacy"
+        )
         result = await _ask(alice)
         await waiter
     assert result.is_error is False
@@ -57,8 +66,11 @@ async def test_ask_answered_by_elicitation(bridge: BridgeProcess, mode: str) -> 
     assert seen[0].requested_schema == SCHEMA
     types = await _types_for(bridge, out["request_id"])
     assert types == ["RequestCreated", "RequestRouted", "RequestDelivered", "RequestAnswered"]
-    events = {r.type: r for r in await read_events(bridge.db)
-              if r.stream == f"request-{out['request_id']}"}
+    events = {
+        r.type: r
+        for r in await read_events(bridge.db)
+        if r.stream == f"request-{out['request_id']}"
+    }
     assert events["RequestCreated"].actor == "alice"
     assert events["RequestAnswered"].actor == "bob"
     assert events["RequestAnswered"].data["content"] == {"answer": "42"}
@@ -72,28 +84,37 @@ async def test_ask_through_legacy_mailbox(bridge: BridgeProcess) -> None:
         [item] = got.structured_content["messages"]
         assert item["kind"] == "request" and item["from"] == "alice"
         assert item["schema"] == SCHEMA
-        answered = await bob.call_tool("respond", {
-            "request_id": item["request_id"], "action": "accept",
-            "content": {"answer": "by mail"}})
+        answered = await bob.call_tool(
+            "respond",
+            {
+                "request_id": item["request_id"],
+                "action": "accept",
+                "content": {"answer": "by mail"},
+            },
+        )
         assert answered.structured_content["status"] == "accepted"
         result = (await asking).structured_content
-    assert result == {"request_id": item["request_id"], "status": "accepted",
-                      "content": {"answer": "by mail"}, "path": "legacy"}
+    assert result == {
+        "request_id": item["request_id"],
+        "status": "accepted",
+        "content": {"answer": "by mail"},
+        "path": "legacy",
+    }
     types = await _types_for(bridge, item["request_id"])
-    assert types == ["RequestCreated", "RequestFellBack", "RequestDelivered",
-                     "RequestAnswered"]
+    assert types == ["RequestCreated", "RequestFellBack", "RequestDelivered", "RequestAnswered"]
     [fell] = [r for r in await read_events(bridge.db, ["RequestFellBack"])]
     assert fell.data["cause"] == "no_capability"
 
 
-@pytest.mark.parametrize(("action", "status"), [("decline", "declined"),
-                                                 ("cancel", "cancelled")])
+@pytest.mark.parametrize(("action", "status"), [("decline", "declined"), ("cancel", "cancelled")])
 async def test_decline_and_cancel(bridge: BridgeProcess, action: str, status: str) -> None:
     async def refuse(ctx: Any, params: Any) -> ElicitResult:
         return ElicitResult(action=action)
 
-    async with bridge.client("bob", elicitation_callback=refuse) as bob, \
-            bridge.client("alice") as alice:
+    async with (
+        bridge.client("bob", elicitation_callback=refuse) as bob,
+        bridge.client("alice") as alice,
+    ):
         waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 5}))
         result = (await _ask(alice)).structured_content
         waiter.cancel()
@@ -106,13 +127,19 @@ async def test_timeout_then_late_answer_refused(bridge: BridgeProcess) -> None:
     async with bridge.client("bob") as bob, bridge.client("alice") as alice:
         result = (await _ask(alice, timeout_s=0.5)).structured_content
         assert result["status"] == "timeout" and result["content"] is None
-        late = await bob.call_tool("respond", {"request_id": result["request_id"],
-                                               "action": "accept",
-                                               "content": {"answer": "too late"}})
+        late = await bob.call_tool(
+            "respond",
+            {
+                "request_id": result["request_id"],
+                "action": "accept",
+                "content": {"answer": "too late"},
+            },
+        )
     assert late.is_error
     assert "already_closed" in late.content[0].text
-    events = [r for r in await read_events(bridge.db)
-              if r.stream == f"request-{result['request_id']}"]
+    events = [
+        r for r in await read_events(bridge.db) if r.stream == f"request-{result['request_id']}"
+    ]
     assert [r.type for r in events][-2:] == ["RequestTimedOut", "AnswerRejected"]
     assert events[-1].data["reason"] == "already_closed"
     assert events[-1].actor == "bob"
@@ -124,8 +151,10 @@ async def test_invalid_content_is_recorded_and_not_passed_on(bridge: BridgeProce
     async def sloppy(ctx: Any, params: Any) -> ElicitResult:
         return ElicitResult(action="accept", content=next(answers))
 
-    async with bridge.client("bob", elicitation_callback=sloppy) as bob, \
-            bridge.client("alice") as alice:
+    async with (
+        bridge.client("bob", elicitation_callback=sloppy) as bob,
+        bridge.client("alice") as alice,
+    ):
         waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 5}))
         result = (await _ask(alice)).structured_content
         waiter.cancel()
@@ -136,17 +165,32 @@ async def test_invalid_content_is_recorded_and_not_passed_on(bridge: BridgeProce
 
 
 async def test_only_the_recipient_may_answer(bridge: BridgeProcess) -> None:
-    async with bridge.client("bob") as bob, bridge.client("carol") as carol, \
-            bridge.client("alice") as alice:
+    async with (
+        bridge.client("bob") as bob,
+        bridge.client("carol") as carol,
+        bridge.client("alice") as alice,
+    ):
         asking = asyncio.create_task(_ask(alice))
-        item = (await bob.call_tool("wait_for_messages", {"timeout_s": 10})
-                ).structured_content["messages"][0]
-        forged = await carol.call_tool("respond", {"request_id": item["request_id"],
-                                                   "action": "accept",
-                                                   "content": {"answer": "carol says"}})
+        item = (await bob.call_tool("wait_for_messages", {"timeout_s": 10})).structured_content[
+            "messages"
+        ][0]
+        forged = await carol.call_tool(
+            "respond",
+            {
+                "request_id": item["request_id"],
+                "action": "accept",
+                "content": {"answer": "carol says"},
+            },
+        )
         assert forged.is_error and "not_recipient" in forged.content[0].text
-        await bob.call_tool("respond", {"request_id": item["request_id"], "action": "accept",
-                                        "content": {"answer": "bob says"}})
+        await bob.call_tool(
+            "respond",
+            {
+                "request_id": item["request_id"],
+                "action": "accept",
+                "content": {"answer": "bob says"},
+            },
+        )
         result = (await asking).structured_content
     assert result["content"] == {"answer": "bob says"}
     [rejected] = await read_events(bridge.db, ["AnswerRejected"])
@@ -177,9 +221,14 @@ async def test_recipient_disconnects_mid_request_falls_back(bridge: BridgeProces
         async with bridge.client("bob") as bob2:
             got = await bob2.call_tool("wait_for_messages", {"timeout_s": 10})
             [item] = got.structured_content["messages"]
-            await bob2.call_tool("respond", {"request_id": item["request_id"],
-                                             "action": "accept",
-                                             "content": {"answer": "after reconnect"}})
+            await bob2.call_tool(
+                "respond",
+                {
+                    "request_id": item["request_id"],
+                    "action": "accept",
+                    "content": {"answer": "after reconnect"},
+                },
+            )
         result = (await asking).structured_content
     assert result["content"] == {"answer": "after reconnect"} and result["path"] == "legacy"
     [fell] = await read_events(bridge.db, ["RequestFellBack"])
@@ -188,8 +237,10 @@ async def test_recipient_disconnects_mid_request_falls_back(bridge: BridgeProces
 
 
 async def test_ask_by_role_picks_a_matching_agent(bridge: BridgeProcess) -> None:
-    async with bridge.client("bob", elicitation_callback=_accept("expert")) as bob, \
-            bridge.client("alice") as alice:
+    async with (
+        bridge.client("bob", elicitation_callback=_accept("expert")) as bob,
+        bridge.client("alice") as alice,
+    ):
         waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 5}))
         result = (await _ask(alice, to="role:expert")).structured_content
         waiter.cancel()
@@ -198,19 +249,25 @@ async def test_ask_by_role_picks_a_matching_agent(bridge: BridgeProcess) -> None
     assert created.data["to"] == "role:expert" and created.data["recipient"] == "bob"
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    ({"to": "nobody"}, "unknown or revoked agent"),
-    ({"to": "role:astronaut"}, "no agent has role"),
-    ({"schema": {"type": "object", "properties": {"x": {"type": "object"}}}},
-     "nested objects are not allowed"),
-    ({"timeout_s": -1}, "timeout_s"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"to": "nobody"}, "unknown or revoked agent"),
+        ({"to": "role:astronaut"}, "no agent has role"),
+        (
+            {"schema": {"type": "object", "properties": {"x": {"type": "object"}}}},
+            "nested objects are not allowed",
+        ),
+        ({"timeout_s": -1}, "timeout_s"),
+    ],
+)
 async def test_bad_ask_is_refused_before_anything_is_recorded(
     bridge: BridgeProcess, arguments: dict[str, Any], message: str
 ) -> None:
     async with bridge.client("alice") as alice:
-        result = await alice.call_tool("ask", {"to": "bob", "message": "q", "schema": SCHEMA,
-                                               "timeout_s": 5, **arguments})
+        result = await alice.call_tool(
+            "ask", {"to": "bob", "message": "q", "schema": SCHEMA, "timeout_s": 5, **arguments}
+        )
     assert result.is_error and message in result.content[0].text
     assert await read_events(bridge.db, ["RequestCreated"]) == []
 
@@ -249,8 +306,10 @@ async def test_wait_returns_as_soon_as_mail_arrives(bridge: BridgeProcess) -> No
 
 
 async def test_list_agents(bridge: BridgeProcess) -> None:
-    async with bridge.client("bob", elicitation_callback=_accept()) as bob, \
-            bridge.client("alice") as alice:
+    async with (
+        bridge.client("bob", elicitation_callback=_accept()) as bob,
+        bridge.client("alice") as alice,
+    ):
         await bob.call_tool("list_agents", {})
         agents = (await alice.call_tool("list_agents", {})).structured_content["agents"]
     by_name = {a["name"]: a for a in agents}
@@ -289,7 +348,10 @@ async def test_recipient_process_killed_mid_request_falls_back(bridge: BridgePro
 
     bob = bridge.agents["bob"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _VANISHING_BOB, bridge.mcp_url,
+        sys.executable,
+        "-c",
+        _VANISHING_BOB,
+        bridge.mcp_url,
         json.dumps({"key_id": bob.key_id, "secret": bob.secret}),
         stdout=subprocess.PIPE,
     )
@@ -303,9 +365,14 @@ async def test_recipient_process_killed_mid_request_falls_back(bridge: BridgePro
         async with bridge.client("bob") as bob2:
             got = await bob2.call_tool("wait_for_messages", {"timeout_s": 20})
             [item] = got.structured_content["messages"]
-            await bob2.call_tool("respond", {"request_id": item["request_id"],
-                                             "action": "accept",
-                                             "content": {"answer": "survived"}})
+            await bob2.call_tool(
+                "respond",
+                {
+                    "request_id": item["request_id"],
+                    "action": "accept",
+                    "content": {"answer": "survived"},
+                },
+            )
         result = (await asking).structured_content
     assert result["content"] == {"answer": "survived"} and result["path"] == "legacy"
     [fell] = await read_events(bridge.db, ["RequestFellBack"])

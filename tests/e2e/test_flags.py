@@ -21,35 +21,44 @@ async def _answer(ctx: Any, params: Any) -> ElicitResult:
 
 
 def _ask(client: Any, timeout_s: float = 20) -> Any:
-    return client.call_tool("ask", {"to": "bob", "message": "q", "schema": SCHEMA,
-                                    "timeout_s": timeout_s})
+    return client.call_tool(
+        "ask", {"to": "bob", "message": "q", "schema": SCHEMA, "timeout_s": timeout_s}
+    )
 
 
 async def _answer_from_mailbox(bridge: BridgeProcess, text: str) -> str:
     async with bridge.client("bob") as bob:
         got = await bob.call_tool("wait_for_messages", {"timeout_s": 10})
         [item] = [m for m in got.structured_content["messages"] if m["kind"] == "request"]
-        await bob.call_tool("respond", {"request_id": item["request_id"], "action": "accept",
-                                        "content": {"answer": text}})
+        await bob.call_tool(
+            "respond",
+            {"request_id": item["request_id"], "action": "accept", "content": {"answer": text}},
+        )
         return item["request_id"]
 
 
 def test_flag_changes_are_validated_versioned_and_recorded(bridge: BridgeProcess) -> None:
     status, body = bridge.admin("GET", "/feature_flags")
     assert status == 200 and body["elicitation_enabled"] is True and body["version"] == 0
-    for bad, field in [({"rollout_percent": 101}, "rollout_percent"),
-                       ({"rollout_percent": "50"}, "rollout_percent"),
-                       ({"elicitation_enabled": "no"}, "elicitation_enabled"),
-                       ({"colour": "red"}, "colour"),
-                       ({"overrides": {"bob": "yes"}}, "overrides.bob")]:
+    for bad, field in [
+        ({"rollout_percent": 101}, "rollout_percent"),
+        ({"rollout_percent": "50"}, "rollout_percent"),
+        ({"elicitation_enabled": "no"}, "elicitation_enabled"),
+        ({"colour": "red"}, "colour"),
+        ({"overrides": {"bob": "yes"}}, "overrides.bob"),
+    ]:
         status, body = bridge.admin("POST", "/feature_flags", bad)
         assert status == 400 and body["field"] == field, (bad, body)
-    status, body = bridge.admin("POST", "/feature_flags",
-                                {"rollout_percent": 30, "reason": "canary"},
-                                headers={"If-Match": "0", "X-Lighthouse-Operator": "ops-ann"})
+    status, body = bridge.admin(
+        "POST",
+        "/feature_flags",
+        {"rollout_percent": 30, "reason": "canary"},
+        headers={"If-Match": "0", "X-Lighthouse-Operator": "ops-ann"},
+    )
     assert status == 200 and body["rollout_percent"] == 30 and body["version"] == 1
-    stale, body = bridge.admin("POST", "/feature_flags", {"rollout_percent": 60},
-                               headers={"If-Match": "0"})
+    stale, body = bridge.admin(
+        "POST", "/feature_flags", {"rollout_percent": 60}, headers={"If-Match": "0"}
+    )
     assert stale == 409
     assert bridge.health()["flags"]["rollout_percent"] == 30
     changes = asyncio.run(read_events(bridge.db, ["FlagChanged"]))
@@ -61,8 +70,10 @@ def test_flag_changes_are_validated_versioned_and_recorded(bridge: BridgeProcess
 async def test_kill_switch_routes_new_asks_to_legacy_without_restart(
     bridge: BridgeProcess,
 ) -> None:
-    async with bridge.client("bob", elicitation_callback=_answer) as bob, \
-            bridge.client("alice") as alice:
+    async with (
+        bridge.client("bob", elicitation_callback=_answer) as bob,
+        bridge.client("alice") as alice,
+    ):
         waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 5}))
         first = (await _ask(alice)).structured_content
         assert first["path"] == "elicitation"
@@ -71,8 +82,14 @@ async def test_kill_switch_routes_new_asks_to_legacy_without_restart(
         asking = asyncio.create_task(_ask(alice))
         got = await bob.call_tool("wait_for_messages", {"timeout_s": 10})
         [item] = got.structured_content["messages"]
-        await bob.call_tool("respond", {"request_id": item["request_id"], "action": "accept",
-                                        "content": {"answer": "by mail"}})
+        await bob.call_tool(
+            "respond",
+            {
+                "request_id": item["request_id"],
+                "action": "accept",
+                "content": {"answer": "by mail"},
+            },
+        )
         second = (await asking).structured_content
     assert second["path"] == "legacy" and second["content"] == {"answer": "by mail"}
     [fell] = await read_events(bridge.db, ["RequestFellBack"])
@@ -81,8 +98,10 @@ async def test_kill_switch_routes_new_asks_to_legacy_without_restart(
 
 async def test_per_agent_override_excludes_one_agent(bridge: BridgeProcess) -> None:
     bridge.admin("POST", "/feature_flags", {"overrides": {"bob": False}})
-    async with bridge.client("bob", elicitation_callback=_answer) as _, \
-            bridge.client("alice") as alice:
+    async with (
+        bridge.client("bob", elicitation_callback=_answer) as _,
+        bridge.client("alice") as alice,
+    ):
         asking = asyncio.create_task(_ask(alice))
         request_id = await _answer_from_mailbox(bridge, "overridden")
         result = (await asking).structured_content
@@ -92,13 +111,16 @@ async def test_per_agent_override_excludes_one_agent(bridge: BridgeProcess) -> N
 async def test_forced_kill_switch_moves_in_flight_elicitations(bridge: BridgeProcess) -> None:
     """Nothing lost, at most one answer: the pending elicitation falls back; bob answers
     from his mailbox; alice gets that answer."""
-    async with bridge.client("bob", elicitation_callback=_hang) as bob, \
-            bridge.client("alice") as alice:
+    async with (
+        bridge.client("bob", elicitation_callback=_hang) as bob,
+        bridge.client("alice") as alice,
+    ):
         waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 30}))
         asking = asyncio.create_task(_ask(alice, timeout_s=30))
         await wait_until(lambda: _delivered(bridge), timeout=15)
-        status, _ = bridge.admin("POST", "/feature_flags",
-                                 {"elicitation_enabled": False, "force": True})
+        status, _ = bridge.admin(
+            "POST", "/feature_flags", {"elicitation_enabled": False, "force": True}
+        )
         assert status == 200
         waiter.cancel()
         await _answer_from_mailbox(bridge, "after kill switch")
@@ -114,16 +136,23 @@ async def _delivered(bridge: BridgeProcess) -> list[Any]:
 
 
 async def test_drain_waits_then_moves_the_rest(bridge: BridgeProcess) -> None:
-    async with bridge.client("bob", elicitation_callback=_hang) as bob, \
-            bridge.client("alice") as alice:
+    async with (
+        bridge.client("bob", elicitation_callback=_hang) as bob,
+        bridge.client("alice") as alice,
+    ):
         waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 30}))
         asking = asyncio.create_task(_ask(alice, timeout_s=30))
         await wait_until(lambda: _delivered(bridge), timeout=15)
-        status, report = await asyncio.to_thread(bridge.admin, "POST", "/admin/drain",
-                                                 {"timeout": 0.5})
+        status, report = await asyncio.to_thread(
+            bridge.admin, "POST", "/admin/drain", {"timeout": 0.5}
+        )
         assert status == 200
-        assert report == {"in_flight_at_start": 1, "finished": 0, "moved_to_legacy": 1,
-                          "draining": True}
+        assert report == {
+            "in_flight_at_start": 1,
+            "finished": 0,
+            "moved_to_legacy": 1,
+            "draining": True,
+        }
         assert bridge.health()["status"] == "draining"
         waiter.cancel()
         await _answer_from_mailbox(bridge, "drained")
@@ -144,13 +173,23 @@ def test_cli_flags_show_and_set(tmp_path: Any, extra: tuple[str, ...]) -> None:
     try:
         shown = lighthouse("flags", "show", cwd=tmp_path, env=b.env)
         assert '"elicitation_enabled": false' in shown.stdout
-        lighthouse("flags", "set", "--enable", "--rollout", "25", "--override", "alice=off",
-                   "--reason", "ramp", cwd=tmp_path, env=b.env)
+        lighthouse(
+            "flags",
+            "set",
+            "--enable",
+            "--rollout",
+            "25",
+            "--override",
+            "alice=off",
+            "--reason",
+            "ramp",
+            cwd=tmp_path,
+            env=b.env,
+        )
         state = b.health()["flags"]
         assert (state["elicitation_enabled"], state["rollout_percent"]) == (True, 25)
         assert state["overrides"] == {"alice": False}
-        bad = lighthouse("flags", "set", "--rollout", "250", cwd=tmp_path, env=b.env,
-                         check=False)
+        bad = lighthouse("flags", "set", "--rollout", "250", cwd=tmp_path, env=b.env, check=False)
         assert bad.returncode != 0 and "rollout_percent" in bad.stderr
         assert "Traceback" not in bad.stderr
     finally:
