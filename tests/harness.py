@@ -211,3 +211,14 @@ def running_bridge(
     finally:
         if bridge.proc is not None:
             bridge.stop()
+
+
+async def answer_next_request(client: Any, answer: str, timeout_s: float = 10) -> str:
+    """Take the one request waiting in the client's mailbox and accept it with `answer`."""
+    got = await client.call_tool("wait_for_messages", {"timeout_s": timeout_s})
+    [item] = [m for m in got.structured_content["messages"] if m["kind"] == "request"]
+    await client.call_tool(
+        "respond",
+        {"request_id": item["request_id"], "action": "accept", "content": {"answer": answer}},
+    )
+    return item["request_id"]

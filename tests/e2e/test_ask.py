@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from mcp_types import ElicitResult
 
-from tests.harness import SCHEMA, BridgeProcess, read_events, wait_until
+from tests.harness import SCHEMA, BridgeProcess, answer_next_request, read_events, wait_until
 
 
 def _accept(answer: str = "42") -> Any:
@@ -219,16 +219,7 @@ async def test_recipient_disconnects_mid_request_falls_back(bridge: BridgeProces
                 await waiter
         # leaving the block ended bob's session (DELETE) with the elicitation pending
         async with bridge.client("bob") as bob2:
-            got = await bob2.call_tool("wait_for_messages", {"timeout_s": 10})
-            [item] = got.structured_content["messages"]
-            await bob2.call_tool(
-                "respond",
-                {
-                    "request_id": item["request_id"],
-                    "action": "accept",
-                    "content": {"answer": "after reconnect"},
-                },
-            )
+            await answer_next_request(bob2, "after reconnect", timeout_s=10)
         result = (await asking).structured_content
     assert result["content"] == {"answer": "after reconnect"} and result["path"] == "legacy"
     [fell] = await read_events(bridge.db, ["RequestFellBack"])
@@ -363,16 +354,7 @@ async def test_recipient_process_killed_mid_request_falls_back(bridge: BridgePro
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         async with bridge.client("bob") as bob2:
-            got = await bob2.call_tool("wait_for_messages", {"timeout_s": 20})
-            [item] = got.structured_content["messages"]
-            await bob2.call_tool(
-                "respond",
-                {
-                    "request_id": item["request_id"],
-                    "action": "accept",
-                    "content": {"answer": "survived"},
-                },
-            )
+            await answer_next_request(bob2, "survived", timeout_s=20)
         result = (await asking).structured_content
     assert result["content"] == {"answer": "survived"} and result["path"] == "legacy"
     [fell] = await read_events(bridge.db, ["RequestFellBack"])

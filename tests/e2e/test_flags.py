@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from mcp_types import ElicitResult
 
-from tests.harness import SCHEMA, BridgeProcess, read_events, wait_until
+from tests.harness import SCHEMA, BridgeProcess, answer_next_request, read_events, wait_until
 
 
 async def _hang(ctx: Any, params: Any) -> ElicitResult:
@@ -28,13 +28,7 @@ def _ask(client: Any, timeout_s: float = 20) -> Any:
 
 async def _answer_from_mailbox(bridge: BridgeProcess, text: str) -> str:
     async with bridge.client("bob") as bob:
-        got = await bob.call_tool("wait_for_messages", {"timeout_s": 10})
-        [item] = [m for m in got.structured_content["messages"] if m["kind"] == "request"]
-        await bob.call_tool(
-            "respond",
-            {"request_id": item["request_id"], "action": "accept", "content": {"answer": text}},
-        )
-        return item["request_id"]
+        return await answer_next_request(bob, text)
 
 
 def test_flag_changes_are_validated_versioned_and_recorded(bridge: BridgeProcess) -> None:
@@ -80,16 +74,7 @@ async def test_kill_switch_routes_new_asks_to_legacy_without_restart(
         waiter.cancel()
         assert bridge.admin("POST", "/feature_flags", {"elicitation_enabled": False})[0] == 200
         asking = asyncio.create_task(_ask(alice))
-        got = await bob.call_tool("wait_for_messages", {"timeout_s": 10})
-        [item] = got.structured_content["messages"]
-        await bob.call_tool(
-            "respond",
-            {
-                "request_id": item["request_id"],
-                "action": "accept",
-                "content": {"answer": "by mail"},
-            },
-        )
+        await answer_next_request(bob, "by mail")
         second = (await asking).structured_content
     assert second["path"] == "legacy" and second["content"] == {"answer": "by mail"}
     [fell] = await read_events(bridge.db, ["RequestFellBack"])
