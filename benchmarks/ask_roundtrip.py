@@ -10,7 +10,7 @@ Cells (each: warm-up, then a fixed measurement window; asks completing inside th
 count):
 
 - `ours-elicitation`  N pairs; asker A loops `ask(B)`; answerer B is connected with an
-  elicitation callback and keeps a `wait_for_messages` call pending (the push rides it).
+  elicitation callback (the push arrives on its standalone GET stream).
 - `ours-legacy`       N pairs; B connects without an elicitation callback, so the bridge
   routes to the mailbox; B loops `wait_for_messages` → `respond`.
 - `bare`              N pairs against `benchmarks/_bare_relay.py`: a minimal SDK
@@ -150,7 +150,7 @@ class PairStats:
 
 
 async def _legacy_answerer(b: Any, stats: PairStats, stop: asyncio.Event) -> None:
-    """wait_for_messages → respond, until told to stop (also used to keep a wait pending)."""
+    """wait_for_messages → respond, until told to stop."""
     while not stop.is_set():
         try:
             r = await b.call_tool("wait_for_messages", {"timeout_s": 25, "max": 10})
@@ -206,7 +206,8 @@ async def _run_pair(
             stats.connected += 1
             signalled = True
             ready()
-            waiter = None if bare else asyncio.create_task(_legacy_answerer(b, stats, stop))
+            legacy = kind == "ours-legacy"
+            waiter = asyncio.create_task(_legacy_answerer(b, stats, stop)) if legacy else None
             t0 = await go
             measure_from = t0 + cfg["warmup_s"]
             end = measure_from + cfg["duration_s"]
@@ -250,10 +251,10 @@ async def _run_pair(
                 if err is not None and done < end:
                     await asyncio.sleep(0.01)  # no hot loop on a failing pair
             stop.set()
-            if waiter is not None:
-                waiter.cancel()
-                with contextlib.suppress(BaseException):
-                    await waiter
+            if waiter is not None:  # wake its pending wait, so it returns and sees `stop`
+                wake = {"to": pair["answerer"]["name"], "content": "stop"}
+                await a.call_tool("send_message", wake)
+                await asyncio.wait_for(waiter, 30)
             # leaving the stack sends DELETE for both sessions (terminate_on_close)
     except Exception as exc:
         if not signalled:

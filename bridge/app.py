@@ -268,6 +268,9 @@ def _watch_sessions(inner: Any, bridge: Bridge) -> Any:
             await send(message)
 
         streaming = scope["method"] == "GET" and sid is not None
+        ending = bridge.presence.get(sid) if scope["method"] == "DELETE" else None
+        if ending is not None:
+            ending.ending = True
         if streaming:
             bridge.presence.stream_opened(sid)
         try:
@@ -276,7 +279,7 @@ def _watch_sessions(inner: Any, bridge: Bridge) -> Any:
             if streaming:
                 bridge.presence.stream_closed(sid)
                 if scope["extensions"][CLIENT_GONE].is_set():
-                    await bridge.router.stream_lost(sid, None)
+                    await bridge.router.stream_lost(sid)
 
     return app
 

@@ -29,7 +29,6 @@ from mcp_types import (
     TextContent,
 )
 
-from .asgi import CLIENT_GONE
 from .domain import (
     MAILBOX_ACKNOWLEDGED,
     MESSAGE_DELIVERED,
@@ -110,6 +109,7 @@ class McpHost:
         )
         self.server.streamable_http_app(
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            json_response=True,
             max_sessions=max_sessions,
         )
         # The SDK's OpenTelemetry middleware opens a span per message even with no tracer
@@ -311,7 +311,7 @@ class McpHost:
         answered = await self._take_input_responses(ctx, agent) if modern else []
         await self._acknowledge(agent, session_key, ack)
         deadline = time.monotonic() + min(float(timeout_s), self.max_wait_s)
-        with self._waiting(ctx, agent, modern, elicits):
+        with self._waiting(agent, modern, elicits):
             while True:
                 if modern and elicits:
                     offers = self.router.offers_for(agent, max_items)
@@ -338,37 +338,18 @@ class McpHost:
                 await self.mailboxes.wait_for_change(agent, remaining)
 
     @contextlib.contextmanager
-    def _waiting(self, ctx: Context, agent: str, modern: bool, elicits: bool) -> Any:
-        """While a wait call is pending, pushes to its session can ride its stream."""
-        live = self.presence.get((ctx.headers or {}).get("mcp-session-id"))
-        watcher = None
-        if modern:
-            client = self.presence.seen_modern(agent, elicits)
-            client.waiting += 1
-        elif live is not None:
-            live.waits[ctx.request_id] = None
-            watcher = asyncio.create_task(self._watch_wait(ctx, live))
+    def _waiting(self, agent: str, modern: bool, elicits: bool) -> Any:
+        """A 2026-07-28 client is reachable only while it holds a wait call."""
+        if not modern:
+            yield
+            return
+        client = self.presence.seen_modern(agent, elicits)
+        client.waiting += 1
         try:
             yield
         finally:
-            if modern:
-                client.waiting -= 1
-                client.last_seen = time.time()
-            elif live is not None:
-                live.waits.pop(ctx.request_id, None)
-            if watcher is not None:
-                watcher.cancel()
-
-    async def _watch_wait(self, ctx: Context, live: LiveSession) -> None:
-        """If the client behind a pending wait vanishes, its stream can no longer carry a
-        push: stop using it, and move what rode on it to the mailbox."""
-        request = ctx.request_context.request
-        gone = request.scope.get("extensions", {}).get(CLIENT_GONE) if request else None
-        if gone is None:
-            return
-        await gone.wait()
-        live.waits.pop(ctx.request_id, None)
-        await self.router.stream_lost(live.session_id, ctx.request_id)
+            client.waiting -= 1
+            client.last_seen = time.time()
 
     async def _take_input_responses(self, ctx: Context, agent: str) -> list[dict[str, Any]]:
         """A retried 2026-07-28 call carries answers to the requests it was handed."""

@@ -73,6 +73,7 @@ class OpenRequest:
     created_at: float
     path: str = "legacy"
     closing: bool = False
+    falling_back: bool = False  # a RequestFellBack is being recorded
     answer: asyncio.Future[dict[str, Any]] | None = None
     delivery: asyncio.Task[None] | None = None
     offered: bool = False  # handed to a 2026-07-28 wait call
@@ -382,7 +383,7 @@ class Router:
     def _start_elicitation(self, req: OpenRequest) -> None:
         target = self.presence.push_target(req.recipient)
         if target is not None:
-            req.delivery = self._spawn(self._push(req, *target))
+            req.delivery = self._spawn(self._push(req, target))
         elif self.presence.modern_reachable(req.recipient):
             self._offer(req)
         else:
@@ -398,17 +399,16 @@ class Router:
             target = self.presence.push_target(req.recipient)
             if target is not None:
                 req.delivery = asyncio.current_task()
-                await self._push(req, *target)
+                await self._push(req, target)
                 return
             await asyncio.sleep(0.05)
         req.delivery = None
         await self.fall_back(req, "no_stream")
 
-    async def _push(self, req: OpenRequest, session: LiveSession, related: Any) -> None:
-        """Send elicitation/create to the recipient's session and take its answer."""
+    async def _push(self, req: OpenRequest, session: LiveSession) -> None:
+        """Send elicitation/create on the recipient session's GET stream; take its answer."""
         self.metrics.elicitations_in_flight.inc()
         req.extra["session_id"] = session.session_id
-        req.extra["related"] = related
         started = time.perf_counter()
         try:
             await self.log.record(
@@ -428,9 +428,7 @@ class Router:
                 if remaining <= 0:
                     return
                 async with asyncio.timeout(remaining):
-                    result = await session.handle.elicit_form(
-                        req.message, req.schema, related_request_id=related
-                    )
+                    result = await session.handle.elicit_form(req.message, req.schema)
                 self._observe(True, started)
                 try:
                     await self.answer(
@@ -440,7 +438,6 @@ class Router:
                 except AnswerRefused as refused:
                     if refused.reason != "invalid_content":
                         return
-                    related = req.extra["related"] = self._refresh_related(session)
         except TimeoutError:
             self.metrics.elicitations.labels("timeout").inc()
             return
@@ -453,9 +450,6 @@ class Router:
             await self.fall_back(req, cause)
         finally:
             self.metrics.elicitations_in_flight.dec()
-
-    def _refresh_related(self, session: LiveSession) -> Any:
-        return next(reversed(session.waits)) if session.waits else None
 
     def _observe(self, ok: bool, started: float) -> None:
         self.metrics.elicitations.labels("answered" if ok else "failed").inc()
@@ -511,22 +505,33 @@ class Router:
 
     async def fall_back(self, req: OpenRequest, cause: str) -> bool:
         """Move an elicitation-path request to the recipient's legacy mailbox (once)."""
-        if req.closing or req.path != "elicitation" or req.request_id not in self.requests.open:
+        if (
+            req.closing
+            or req.falling_back
+            or req.path != "elicitation"
+            or req.request_id not in self.requests.open
+        ):
             return False
+        # Causes race (a closing GET stream and the DELETE that follows it): claim the move
+        # before the first await so only one of them records it.
+        req.falling_back = True
         if req.delivery is not None and req.delivery is not asyncio.current_task():
             req.delivery.cancel()
         req.delivery = None
-        await self.log.record(
-            request_stream(req.request_id),
-            REQUEST_FELL_BACK,
-            {
-                "request_id": req.request_id,
-                "recipient": req.recipient,
-                "path": "legacy",
-                "cause": cause,
-            },
-            actor="bridge",
-        )
+        try:
+            await self.log.record(
+                request_stream(req.request_id),
+                REQUEST_FELL_BACK,
+                {
+                    "request_id": req.request_id,
+                    "recipient": req.recipient,
+                    "path": "legacy",
+                    "cause": cause,
+                },
+                actor="bridge",
+            )
+        finally:
+            req.falling_back = False
         self.metrics.fallbacks.labels(cause).inc()
         return True
 
@@ -563,15 +568,12 @@ class Router:
             if req.extra.get("session_id") == session_id:
                 await self.fall_back(req, "session_gone")
 
-    async def stream_lost(self, session_id: str, related: Any) -> int:
-        """The stream that pushes for `session_id` rode on (a pending call's, or the GET
-        stream when `related` is None) lost its client: what it carried falls back."""
-        riding = [
-            r
-            for r in self.in_flight()
-            if r.extra.get("session_id") == session_id and r.extra.get("related") == related
-        ]
-        moved = await asyncio.gather(*(self.fall_back(r, "transport_error") for r in riding))
+    async def stream_lost(self, session_id: str) -> int:
+        """The GET stream of `session_id` lost its client: what it carried falls back."""
+        session = self.presence.get(session_id)
+        cause = "transport_error" if session is not None and not session.ending else "session_gone"
+        riding = [r for r in self.in_flight() if r.extra.get("session_id") == session_id]
+        moved = await asyncio.gather(*(self.fall_back(r, cause) for r in riding))
         return sum(moved)
 
     async def adopt_open_requests(self) -> int:

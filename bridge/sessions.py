@@ -1,10 +1,12 @@
 """Who is connected right now, and through what a question can reach them.
 
 Live state only — the log keeps SessionOpened/SessionClosed for the record, but a session
-handle cannot be rebuilt from history. A 2025-era session can be pushed to while it has a
-pending call (the push rides that call's stream) or an open standalone GET stream; the SDK
-silently drops pushes that have neither, so we never pick such a session. A 2026-07-28
-client has no session: it is reachable while it holds a `wait_for_messages` call.
+handle cannot be rebuilt from history. A 2025-era session can be pushed to while its
+standalone GET stream is open: we answer every POST with a JSON body (so the SDK client can
+keep its connection alive — an SSE response costs it a fresh TCP connection per call), and a
+JSON body cannot carry a server request, so the GET stream is the only way in. The SDK
+silently drops pushes to a session without one, so we never pick such a session. A
+2026-07-28 client has no session: it is reachable while it holds a `wait_for_messages` call.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class LiveSession:
     elicitation: bool
     handle: Any  # mcp.server.session.ServerSession
     get_streams: int = 0
-    waits: dict[Any, None] = field(default_factory=dict)  # pending wait call request ids
+    ending: bool = False  # its client asked to end it (DELETE): streams closing now are not errors
     opened_at: float = field(default_factory=time.time)
 
 
@@ -96,20 +98,12 @@ class Presence:
     def sessions_of(self, agent: str) -> list[LiveSession]:
         return list(self._by_agent.get(agent, {}).values())
 
-    def push_target(self, agent: str) -> tuple[LiveSession, Any] | None:
-        """A session that declared elicitation and has a stream a push can ride.
-
-        Prefers a pending call (its stream is open by definition) over the GET stream.
-        """
-        fallback = None
+    def push_target(self, agent: str) -> LiveSession | None:
+        """The newest session of `agent` that declared elicitation and has an open stream."""
         for session in reversed(self.sessions_of(agent)):
-            if not session.elicitation:
-                continue
-            if session.waits:
-                return session, next(reversed(session.waits))
-            if session.get_streams > 0 and fallback is None:
-                fallback = (session, None)
-        return fallback
+            if session.elicitation and session.get_streams > 0:
+                return session
+        return None
 
     # -- 2026-07-28 clients ----------------------------------------------------------------
 

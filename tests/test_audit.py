@@ -6,7 +6,6 @@ Stores are real SQLite stores; the live tests run a real bridge process and real
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -445,14 +444,12 @@ async def _ask_bob(bridge: BridgeProcess) -> str:
         return ElicitResult(action="accept", content={"answer": "42"})
 
     async with (
-        bridge.client("bob", elicitation_callback=answer) as bob,
+        bridge.client("bob", elicitation_callback=answer),
         bridge.client("alice") as alice,
     ):
-        waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 5}))
         result = await alice.call_tool(
             "ask", {"to": "bob", "message": "audit me", "schema": SCHEMA, "timeout_s": 10}
         )
-        await waiter
     return result.structured_content["request_id"]
 
 

@@ -68,10 +68,8 @@ async def test_kill_switch_routes_new_asks_to_legacy_without_restart(
         bridge.client("bob", elicitation_callback=_answer) as bob,
         bridge.client("alice") as alice,
     ):
-        waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 5}))
         first = (await _ask(alice)).structured_content
         assert first["path"] == "elicitation"
-        waiter.cancel()
         assert bridge.admin("POST", "/feature_flags", {"elicitation_enabled": False})[0] == 200
         asking = asyncio.create_task(_ask(alice))
         await answer_next_request(bob, "by mail")
@@ -97,17 +95,15 @@ async def test_forced_kill_switch_moves_in_flight_elicitations(bridge: BridgePro
     """Nothing lost, at most one answer: the pending elicitation falls back; bob answers
     from his mailbox; alice gets that answer."""
     async with (
-        bridge.client("bob", elicitation_callback=_hang) as bob,
+        bridge.client("bob", elicitation_callback=_hang),
         bridge.client("alice") as alice,
     ):
-        waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 30}))
         asking = asyncio.create_task(_ask(alice, timeout_s=30))
         await wait_until(lambda: _delivered(bridge), timeout=15)
         status, _ = bridge.admin(
             "POST", "/feature_flags", {"elicitation_enabled": False, "force": True}
         )
         assert status == 200
-        waiter.cancel()
         await _answer_from_mailbox(bridge, "after kill switch")
         result = (await asking).structured_content
     assert result["content"] == {"answer": "after kill switch"} and result["path"] == "legacy"
@@ -122,10 +118,9 @@ async def _delivered(bridge: BridgeProcess) -> list[Any]:
 
 async def test_drain_waits_then_moves_the_rest(bridge: BridgeProcess) -> None:
     async with (
-        bridge.client("bob", elicitation_callback=_hang) as bob,
+        bridge.client("bob", elicitation_callback=_hang),
         bridge.client("alice") as alice,
     ):
-        waiter = asyncio.create_task(bob.call_tool("wait_for_messages", {"timeout_s": 30}))
         asking = asyncio.create_task(_ask(alice, timeout_s=30))
         await wait_until(lambda: _delivered(bridge), timeout=15)
         status, report = await asyncio.to_thread(
@@ -139,7 +134,6 @@ async def test_drain_waits_then_moves_the_rest(bridge: BridgeProcess) -> None:
             "draining": True,
         }
         assert bridge.health()["status"] == "draining"
-        waiter.cancel()
         await _answer_from_mailbox(bridge, "drained")
         assert (await asking).structured_content["content"] == {"answer": "drained"}
     types = [r.type for r in await read_events(bridge.db)]
