@@ -50,20 +50,26 @@ class Guard:
         self.window_s = window_s
         self._clock = clock
         self._samples: deque[tuple[float, bool, float]] = deque()
+        # Running counts over the window, so a check costs O(1) instead of a sort.
+        self._errors = 0
+        self._slow = 0  # samples above max_p99_ms
         self.last_decision: GuardDecision | None = None
         self._tripping = False
 
     def observe(self, ok: bool, seconds: float) -> GuardDecision | None:
         """Record one elicitation outcome; return a decision when the guard trips."""
         now = self._clock()
-        self._samples.append((now, ok, seconds))
+        self._add(now, ok, seconds)
         while self._samples and self._samples[0][0] < now - self.window_s:
-            self._samples.popleft()
+            self._drop_oldest()
         if self._tripping or not self.flags.state.elicitation_enabled:
             return None
-        figures = self.figures()
-        if figures["samples"] < self.min_samples:
+        n = len(self._samples)
+        # p99 > max  <=>  more samples above max than the 1 % the p99 rank leaves out.
+        p99_over = self._slow > n - math.ceil(0.99 * n)
+        if n < self.min_samples or not (p99_over or self._errors / n > self.max_error_rate):
             return None
+        figures = self.figures()
         reasons = []
         if figures["error_rate"] > self.max_error_rate:
             reasons.append(f"error rate {figures['error_rate']:.1%} > {self.max_error_rate:.1%}")
@@ -79,6 +85,16 @@ class Guard:
             figures["p99_ms"],
             "; ".join(reasons),
         )
+
+    def _add(self, at: float, ok: bool, seconds: float) -> None:
+        self._samples.append((at, ok, seconds))
+        self._errors += not ok
+        self._slow += seconds * 1000 > self.max_p99_ms
+
+    def _drop_oldest(self) -> None:
+        _, ok, seconds = self._samples.popleft()
+        self._errors -= not ok
+        self._slow -= seconds * 1000 > self.max_p99_ms
 
     def figures(self) -> dict[str, Any]:
         n = len(self._samples)
