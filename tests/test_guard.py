@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.flags import Flags
 from bridge.guard import Guard
@@ -73,3 +77,48 @@ async def test_never_turns_elicitation_back_on(tmp_path: Path) -> None:
     assert flags.state.elicitation_enabled is False
     assert len(await log.store.read_all(types=["FlagChanged"])) == 1
     await log.store.close()
+
+
+def _trips_by_sorting(window: list[tuple[bool, float]], guard: Guard) -> bool:
+    """The guard's rule stated the slow way: sort the window, read the p99 rank."""
+    n = len(window)
+    latencies = sorted(s for _, s in window)
+    p99_ms = latencies[min(n - 1, math.ceil(0.99 * n) - 1)] * 1000
+    error_rate = sum(not ok for ok, _ in window) / n
+    return n >= guard.min_samples and (
+        p99_ms > guard.max_p99_ms or error_rate > guard.max_error_rate
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.sampled_from([0.001, 0.5, 0.999, 1.0, 1.001, 3.0]),
+            st.sampled_from([0.0, 0.5, 7.0]),
+        ),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_running_counts_trip_exactly_where_sorting_would(
+    samples: list[tuple[bool, float, float]],
+) -> None:
+    clock = Clock()
+    guard = Guard(
+        None,
+        Flags(),
+        Metrics(),
+        min_samples=5,
+        window_s=30.0,
+        clock=clock,  # type: ignore[arg-type]
+    )
+    window: list[tuple[float, bool, float]] = []
+    for ok, seconds, step in samples:
+        clock.now += step
+        window = [w for w in [*window, (clock.now, ok, seconds)] if w[0] >= clock.now - 30.0]
+        expected = _trips_by_sorting([(o, s) for _, o, s in window], guard)
+        assert (guard.observe(ok, seconds) is not None) == expected
+        if expected:
+            return
