@@ -94,12 +94,12 @@ def _trips_by_sorting(window: list[tuple[bool, float]], guard: Guard) -> bool:
 @given(
     st.lists(
         st.tuples(
-            st.booleans(),
-            st.sampled_from([0.001, 0.5, 0.999, 1.0, 1.001, 3.0]),
-            st.sampled_from([0.0, 0.5, 7.0]),
+            st.integers(0, 99).map(bool),  # 1 % errors: trips by p99 get their turn
+            st.sampled_from([0.001] * 60 + [0.999, 1.0, 1.001, 3.0]),
+            st.sampled_from([0.0] * 8 + [0.5, 7.0]),
         ),
         min_size=1,
-        max_size=300,
+        max_size=400,
     )
 )
 def test_running_counts_trip_exactly_where_sorting_would(
