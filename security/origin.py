@@ -68,7 +68,8 @@ class OriginPolicy(msgspec.Struct, frozen=True):
 
     def check(self, host: str | None, origin: str | None) -> OriginRejection | None:
         """None when the request may proceed, else why not (status 403)."""
-        if host is None or _normalize_host(host, 80) not in self.hosts:
+        # An allowed value is its own normal form: most requests match it as sent.
+        if host is None or (host not in self.hosts and _normalize_host(host, 80) not in self.hosts):
             return OriginRejection("forbidden_host")
         if origin is None:
             return None

@@ -1,5 +1,6 @@
 """One behavioural suite for every NonceStore backend (subclasses supply the factory)."""
 
+import asyncio
 import sqlite3
 
 import pytest
@@ -34,6 +35,14 @@ class NonceStoreSuite:
         # After created + window the skew check refuses the old signature anyway, so the
         # store may forget the nonce and accept it again with a new `created`.
         assert await store.claim("k", "n", T0 + 400, T0 + store.window + 1)
+
+    async def test_concurrent_claims_one_winner_per_nonce(self, store):
+        # Claims racing in the same loop turn (a replay sent alongside the original).
+        nonces = [f"n{i % 50}" for i in range(200)]
+        won = await asyncio.gather(*(store.claim("k", n, T0, T0) for n in nonces))
+        assert sum(won) == 50
+        assert {n for n, w in zip(nonces, won, strict=True) if w} == set(nonces)
+        assert not any(await asyncio.gather(*(store.claim("k", n, T0, T0) for n in nonces)))
 
     async def test_memory_bounded_by_window(self, store):
         for i in range(500):
@@ -96,6 +105,20 @@ class TestSQLiteNonceStore(NonceStoreSuite):
         assert b"k_visible" not in raw
         rows = sqlite3.connect(path).execute("SELECT length(key) FROM nonces").fetchall()
         assert rows == [(16,)]
+
+    async def test_a_failed_commit_fails_every_claim_of_its_turn(self, tmp_path):
+        path = tmp_path / "n.db"
+        store = SQLiteNonceStore(path, window=300)
+        blocker = sqlite3.connect(path, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        store._db.execute("PRAGMA busy_timeout = 0")
+        claims = await asyncio.gather(
+            store.claim("k", "a", T0, T0), store.claim("k", "b", T0, T0), return_exceptions=True
+        )
+        assert all(isinstance(c, sqlite3.OperationalError) for c in claims)
+        blocker.rollback()
+        assert await store.claim("k", "a", T0, T0)  # nothing half-written: "a" is still free
+        await store.close()
 
     async def test_periodic_purge(self, tmp_path):
         store = SQLiteNonceStore(tmp_path / "n.db", window=10, purge_every=60)
