@@ -21,6 +21,7 @@ from typing import Any
 from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import CONNECTION_CLOSED
 
+from events import NewEvent
 from security import AgentInfo, KeyRegistry
 
 from .domain import (
@@ -109,6 +110,16 @@ class Requests:
             self.open.pop(data["request_id"], None)
 
 
+def _delivered(request_id: str, recipient: str, session: LiveSession) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "to": recipient,
+        "path": "elicitation",
+        "session_id": session.session_id,
+        "item": request_id,
+    }
+
+
 def _now() -> float:
     return time.time()
 
@@ -172,21 +183,25 @@ class Router:
             "path": path,
             "reason" if routed_type == REQUEST_ROUTED else "cause": reason,
         }
-        await self.log.append_events(
-            request_stream(request_id),
-            caller,
-            [
-                (REQUEST_CREATED, created),
-                (routed_type, routed),
-            ],
-            expected_version=0,
-        )
+        events = [
+            NewEvent(type=REQUEST_CREATED, data=created, actor=caller),
+            NewEvent(type=routed_type, data=routed, actor=caller),
+        ]
+        # A session with an open stream takes the push at once: its RequestDelivered goes in
+        # the same append (still written before the push), one durable commit fewer.
+        target = self.presence.push_target(recipient) if path == "elicitation" else None
+        if target is not None:
+            delivered = _delivered(request_id, recipient, target)
+            events.append(NewEvent(type=REQUEST_DELIVERED, data=delivered, actor="bridge"))
+        await self.log.append(request_stream(request_id), events, expected_version=0)
         if path == "legacy" and reason != "offline":
             self.metrics.fallbacks.labels(reason).inc()
         req = self.requests.open[request_id]
         req.answer = asyncio.get_running_loop().create_future()
         self._arm_timeout(req)
-        if path == "elicitation":
+        if target is not None:
+            req.delivery = self._spawn(self._push(req, target, recorded=True))
+        elif path == "elicitation":
             self._start_elicitation(req)
         try:
             result = await asyncio.shield(req.answer)
@@ -405,24 +420,22 @@ class Router:
         req.delivery = None
         await self.fall_back(req, "no_stream")
 
-    async def _push(self, req: OpenRequest, session: LiveSession) -> None:
-        """Send elicitation/create on the recipient session's GET stream; take its answer."""
+    async def _push(
+        self, req: OpenRequest, session: LiveSession, *, recorded: bool = False
+    ) -> None:
+        """Send elicitation/create on the recipient session's GET stream; take its answer.
+        `recorded`: its RequestDelivered was already appended with the request."""
         self.metrics.elicitations_in_flight.inc()
         req.extra["session_id"] = session.session_id
         started = time.perf_counter()
         try:
-            await self.log.record(
-                request_stream(req.request_id),
-                REQUEST_DELIVERED,
-                {
-                    "request_id": req.request_id,
-                    "to": req.recipient,
-                    "path": "elicitation",
-                    "session_id": session.session_id,
-                    "item": req.request_id,
-                },
-                actor="bridge",
-            )
+            if not recorded:
+                await self.log.record(
+                    request_stream(req.request_id),
+                    REQUEST_DELIVERED,
+                    _delivered(req.request_id, req.recipient, session),
+                    actor="bridge",
+                )
             while not req.closing:
                 remaining = req.deadline - _now()
                 if remaining <= 0:
