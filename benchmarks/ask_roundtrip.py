@@ -16,7 +16,7 @@ count):
 - `bare`              N pairs against `benchmarks/_bare_relay.py`: a minimal SDK
   `MCPServer` under uvicorn that relays `elicit_form` between two sessions, no auth, no
   store. `ratio` = ours asks/s ÷ bare asks/s at the same pair count.
-- `…@N:R/s`           open loop: the same N pairs, but together offering only R asks/s
+- `…@N:Rrps`          open loop: the same N pairs, but together offering only R asks/s
   (`--rate`), each pair on a fixed schedule with a random phase. Latency counts from the
   scheduled start, so an ask that had to wait for the previous one counts that wait
   (no coordinated omission). The closed-loop cells measure capacity, and their latency
@@ -850,10 +850,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if bare_proc is not None:
                 plan.append(("bare", bare_url, bare_proc.pid, None))
-            if args.rate:
+            if args.rate and n >= 10:  # a lone pair at that rate would only measure queueing
                 plan += [(kind, *rest, args.rate) for kind, *rest in plan if kind != "ours-legacy"]
             for kind, url, pid, base, *rate in plan:
-                name = f"{kind}@{n}" + (f":{rate[0]:g}/s" if rate else "")
+                name = f"{kind}@{n}" + (f":{rate[0]:g}rps" if rate else "")
                 spy = profile(name, n)
                 cell = run_cell(
                     name,
