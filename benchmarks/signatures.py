@@ -9,7 +9,8 @@ What is measured (one process, one core, no HTTP): full verification of a signed
   SQLite (WAL, synchronous=NORMAL) nonce store.
 * ``package+memory``: ``HTTPMessageVerifier.verify(..., body=...)`` plus the same in-memory
   nonce claim (the package leaves replay detection to the caller).
-* ``nonce claim`` rows: the cost of the claim alone, per backend.
+* ``nonce claim`` rows: the cost of the claim alone, per backend; ``x20``: twenty claims
+  at a time (requests arriving together share one SQLite transaction).
 * ``sign`` rows: producing the headers (client side), ours vs the package's signer.
 
 Each request is distinct (fresh nonce), prepared before timing. Best of ``--repeat`` runs.
@@ -112,12 +113,18 @@ async def bench_package(views: list[RequestView]) -> float:
     return time.perf_counter() - start
 
 
-async def bench_claims(store, n: int) -> float:
+async def bench_claims(store, n: int, concurrent: int = 1) -> float:
+    """`concurrent` claims at a time, as requests arriving together on a busy bridge."""
     now = time.time()
     created = int(now)
     start = time.perf_counter()
-    for i in range(n):
-        await store.claim(KEY_ID, f"c{i:08d}", created, now)
+    for first in range(0, n, concurrent):
+        await asyncio.gather(
+            *(
+                store.claim(KEY_ID, f"c{i:08d}", created, now)
+                for i in range(first, first + concurrent)
+            )
+        )
     return time.perf_counter() - start
 
 
@@ -172,6 +179,11 @@ async def main() -> None:
             )
             claims = SQLiteNonceStore(Path(tmp) / f"claims{r}.db", 300)
             timings.setdefault("nonce claim sqlite", []).append(await bench_claims(claims, n))
+            await claims.close()
+            claims = SQLiteNonceStore(Path(tmp) / f"claims{r}x.db", 300)
+            timings.setdefault("nonce claim sqlite x20", []).append(
+                await bench_claims(claims, n, concurrent=20)
+            )
             await claims.close()
             timings.setdefault("sign ours", []).append(bench_sign_ours(n))
             timings.setdefault("sign package", []).append(bench_sign_package(n))
