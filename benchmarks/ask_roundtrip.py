@@ -10,7 +10,9 @@ Cells (each: warm-up, then a fixed measurement window; asks completing inside th
 count):
 
 - `ours-elicitation`  N pairs; asker A loops `ask(B)`; answerer B is connected with an
-  elicitation callback (the push arrives on its standalone GET stream).
+  elicitation callback (the push arrives on its standalone GET stream) and, like every
+  answerer here, also long-polls its mailbox (`wait_for_messages` → `respond`), so requests
+  that fall back are answered (and counted as wrong-path errors).
 - `ours-legacy`       N pairs; B connects without an elicitation callback, so the bridge
   routes to the mailbox; B loops `wait_for_messages` → `respond`.
 - `bare`              N pairs against `benchmarks/_bare_relay.py`: a minimal SDK
@@ -213,8 +215,9 @@ async def _run_pair(
             stats.connected += 1
             signalled = True
             ready()
-            legacy = kind == "ours-legacy"
-            waiter = asyncio.create_task(_legacy_answerer(b, stats, stop)) if legacy else None
+            # Every answerer of ours also reads its mailbox, as a robust agent does: what falls
+            # back (e.g. the guard switching elicitation off) is still answered.
+            waiter = None if bare else asyncio.create_task(_legacy_answerer(b, stats, stop))
             t0 = await go
             measure_from = t0 + cfg["warmup_s"]
             end = measure_from + cfg["duration_s"]
