@@ -135,10 +135,17 @@ class Clients:
                 await t.aclose()
 
 
+_EXAMPLES: dict[str, str] = {}  # first message seen per error name (this worker)
+
+
 def _error_name(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # name what actually failed, not the task group around it
     text = str(exc)
     m = re.search(r"\b(4\d\d|5\d\d)\b", text)
-    return type(exc).__name__ + (f":{m.group(1)}" if m else "")
+    name = type(exc).__name__ + (f":{m.group(1)}" if m else "")
+    _EXAMPLES.setdefault(name, text[:300])
+    return name
 
 
 async def _answer(ctx: Any, params: Any) -> Any:
@@ -341,6 +348,7 @@ async def _worker_main(spec: dict[str, Any]) -> None:
             {
                 "event": "ready",
                 "counts": dict(counts),
+                "error_examples": _EXAMPLES,
                 "connect_s": time.perf_counter() - t,
                 "rss_kb": _rss_kb(os.getpid()),
             }
@@ -396,6 +404,7 @@ async def _worker_main(spec: dict[str, Any]) -> None:
             "warmup_asks": stats.warmup_asks,
             "connected": stats.connected,
             "cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
+            "error_examples": _EXAMPLES,
         }
     )
 
@@ -613,6 +622,7 @@ def run_cell(
         "error_kinds": dict(errors),
         "connect_errors": dict(connect_errors),
         "answerer_errors": dict(answerer_errors),
+        "error_examples": {k: v for r in results for k, v in r["error_examples"].items()},
         "asks_per_s": round(ok / args.duration, 1),
         "p50_ms": percentile(latencies, 50),
         "p95_ms": percentile(latencies, 95),
@@ -913,6 +923,7 @@ def main(argv: list[str] | None = None) -> int:
                 "requested": args.idle,
                 "connected": connected,
                 "errors": {k: v for k, v in counts.items() if k != "connected"},
+                "error_examples": {k: v for r in readies for k, v in r["error_examples"].items()},
                 "connect_s": round(connect_s, 1),
                 "server_rss_kb_before": rss_before,
                 "server_rss_kb_after": rss_after,
@@ -1043,6 +1054,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {c['cell']}: errors {c['error_kinds']} connect {c['connect_errors']} "
                 f"answerer {c['answerer_errors']} rejections {c['rejections_during_cell']}"
             )
+            for name, text in c["error_examples"].items():
+                print(f"    {name}: {text}")
     targets = _targets(cells, idle_info)
     print(
         "\ntargets: "

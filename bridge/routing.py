@@ -110,6 +110,11 @@ class Requests:
             self.open.pop(data["request_id"], None)
 
 
+# Causes after which the pending push cannot complete; after the others (the flag, a drain)
+# it may still be answered and is left to finish or time out rather than torn down.
+_SESSION_DEAD = frozenset({"session_gone", "transport_error", "no_stream"})
+
+
 def _delivered(request_id: str, recipient: str, session: LiveSession) -> dict[str, Any]:
     return {
         "request_id": request_id,
@@ -517,7 +522,12 @@ class Router:
     # -- fallback -------------------------------------------------------------------------
 
     async def fall_back(self, req: OpenRequest, cause: str) -> bool:
-        """Move an elicitation-path request to the recipient's legacy mailbox (once)."""
+        """Move an elicitation-path request to the recipient's legacy mailbox (once).
+
+        A push still pending on a live session is left to finish or time out: whichever
+        answer comes first wins, the other is refused and recorded. Cancelling SDK
+        elicitations in bulk (a forced kill switch under load) made the SDK's client
+        sessions fail with "Connection closed" (benchmark, 400 pairs)."""
         if (
             req.closing
             or req.falling_back
@@ -528,9 +538,9 @@ class Router:
         # Causes race (a closing GET stream and the DELETE that follows it): claim the move
         # before the first await so only one of them records it.
         req.falling_back = True
-        if req.delivery is not None and req.delivery is not asyncio.current_task():
-            req.delivery.cancel()
-        req.delivery = None
+        delivery, req.delivery = req.delivery, None
+        if cause in _SESSION_DEAD and delivery not in (None, asyncio.current_task()):
+            delivery.cancel()
         try:
             await self.log.record(
                 request_stream(req.request_id),
