@@ -57,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -144,7 +145,9 @@ def _error_name(exc: BaseException) -> str:
     text = str(exc)
     m = re.search(r"\b(4\d\d|5\d\d)\b", text)
     name = type(exc).__name__ + (f":{m.group(1)}" if m else "")
-    _EXAMPLES.setdefault(name, text[:300])
+    if name not in _EXAMPLES:  # the whole story of the first one goes to the worker's log
+        _EXAMPLES[name] = text[:300]
+        traceback.print_exception(exc, file=sys.stderr)
     return name
 
 

@@ -351,6 +351,10 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.shutdown_grace_s,
+        # aiohttp's default accept queue (128) overflowed with 1,000 agents connecting at
+        # once (kernel ListenOverflows), and dropped handshakes surfaced as reset POSTs that
+        # killed SDK client sessions. uvicorn uses 2048; the kernel caps it at somaxconn.
+        backlog=4096,
         access_log=None,
         print=lambda _: print(
             f"lighthouse serving on http://{settings.host}:{settings.port} (store {settings.db})",
