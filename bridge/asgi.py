@@ -8,7 +8,9 @@ client goes away, the response is complete, or the application shuts down.
 
 aiohttp has no public "client disconnected" callback, so disconnects are detected by
 a cheap transport check every ``poll_interval`` seconds, by a failed write, and by the
-``on_shutdown`` hook (so open SSE streams end before aiohttp's shutdown timeout).
+``on_shutdown`` hook (so open SSE streams end before aiohttp's shutdown timeout). One task
+checks every open call per sweep: a task per call cost 10,000 idle GET streams 20,000
+wakeups a second.
 """
 
 from __future__ import annotations
@@ -56,12 +58,31 @@ class ASGIHandler:
         self.root_path = root_path
         self.scope_extras = scope_extras
         self.poll_interval = poll_interval
-        self._open: set[asyncio.Event] = set()  # one "client is gone" event per in-flight call
+        # Per in-flight call: its "disconnected" event -> (request, its "client gone" event).
+        self._open: dict[asyncio.Event, tuple[web.Request, asyncio.Event]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def on_shutdown(self, _app: web.Application) -> None:
         """For ``app.on_shutdown``: end every open stream before aiohttp's shutdown timeout."""
         for event in list(self._open):
             event.set()
+
+    def _track(
+        self, request: web.Request, disconnected: asyncio.Event, gone: asyncio.Event
+    ) -> None:
+        self._open[disconnected] = (request, gone)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Poll the sockets of all open calls; ends when none is left (`_track` restarts it)."""
+        while self._open:
+            await asyncio.sleep(self.poll_interval)
+            for disconnected, (request, gone) in list(self._open.items()):
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    gone.set()
+                    disconnected.set()
 
     def scope_for(self, request: web.Request) -> Scope:
         """The ASGI HTTP scope for ``request`` (header names lowercased, raw bytes kept)."""
@@ -97,21 +118,12 @@ class ASGIHandler:
         """The aiohttp handler (a bound coroutine method: aiohttp takes it without wrapping)."""
         disconnected = asyncio.Event()  # set: client gone, response complete, or shutdown
         client_gone = asyncio.Event()  # set only when the client itself went away
-        self._open.add(disconnected)
+        self._track(request, disconnected, client_gone)
         body_lock = asyncio.Lock()
         body_done = False
         finished = False
         response: web.StreamResponse | None = None
         start: Message | None = None
-
-        async def watch() -> None:
-            """Poll the socket: aiohttp offers no disconnect callback (see module docstring)."""
-            while not disconnected.is_set():
-                await asyncio.sleep(self.poll_interval)
-                t = request.transport
-                if t is None or t.is_closing():
-                    client_gone.set()
-                    disconnected.set()
 
         async def receive() -> Message:
             nonlocal body_done
@@ -164,7 +176,6 @@ class ASGIHandler:
                 client_gone.set()
                 disconnected.set()
 
-        watcher = asyncio.create_task(watch())
         try:
             scope = self.scope_for(request)
             scope["extensions"][CLIENT_GONE] = client_gone
@@ -173,8 +184,7 @@ class ASGIHandler:
             logger.exception("ASGI application raised for %s %s", request.method, request.path)
         finally:
             disconnected.set()
-            self._open.discard(disconnected)
-            watcher.cancel()
+            self._open.pop(disconnected, None)
         if response is None:  # the app failed or returned without answering
             return web.Response(status=500, text="Internal Server Error")
         if not finished:  # a stream cut short (app error, disconnect): close it properly
