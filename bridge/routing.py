@@ -204,10 +204,8 @@ class Router:
         req = self.requests.open[request_id]
         req.answer = asyncio.get_running_loop().create_future()
         self._arm_timeout(req)
-        if target is not None:
-            req.delivery = self._spawn(self._push(req, target, recorded=True))
-        elif path == "elicitation":
-            self._start_elicitation(req)
+        if path == "elicitation":
+            self._start_elicitation(req, target)
         try:
             result = await asyncio.shield(req.answer)
         finally:
@@ -400,10 +398,11 @@ class Router:
 
     # -- elicitation ----------------------------------------------------------------------
 
-    def _start_elicitation(self, req: OpenRequest) -> None:
-        target = self.presence.push_target(req.recipient)
+    def _start_elicitation(self, req: OpenRequest, target: LiveSession | None) -> None:
+        """`target`: the session picked when the request was appended, its RequestDelivered
+        already recorded with it."""
         if target is not None:
-            req.delivery = self._spawn(self._push(req, target))
+            req.delivery = self._spawn(self._push(req, target, recorded=True))
         elif self.presence.modern_reachable(req.recipient):
             self._offer(req)
         else:
@@ -526,8 +525,9 @@ class Router:
 
         A push still pending on a live session is left to finish or time out: whichever
         answer comes first wins, the other is refused and recorded. Cancelling SDK
-        elicitations in bulk (a forced kill switch under load) made the SDK's client
-        sessions fail with "Connection closed" (benchmark, 400 pairs)."""
+        elicitations in bulk (a forced kill switch under load) coincided with the SDK's
+        client sessions failing with "Connection closed" (benchmark, 400 pairs; measured
+        before the listen-backlog fix, which may have been the larger cause)."""
         if (
             req.closing
             or req.falling_back
