@@ -143,9 +143,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             guard_min_samples=args.guard_min_samples,
             trusted_proxies=tuple(args.trusted_proxy),
             allowed_origins=tuple(args.allowed_origin),
+            refusal_window_s=args.refusal_window,
+            refusal_burst=args.refusal_burst,
+            max_connections_per_address=args.max_connections_per_address,
+            header_timeout_s=args.header_timeout,
+            body_min_rate=args.body_min_rate,
+            metrics_token=_metrics_token(args.metrics_token_file),
         )
     )
     return EXIT_OK
+
+
+def _metrics_token(path: str | None) -> str | None:
+    """From LIGHTHOUSE_METRICS_TOKEN or a file: a secret never goes on the command line."""
+    if path:
+        token = Path(path).read_text().strip()
+        if not token:
+            raise CliError(f"--metrics-token-file {path} is empty", EXIT_USAGE)
+        return token
+    return os.environ.get("LIGHTHOUSE_METRICS_TOKEN") or None
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -389,6 +405,46 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ORIGIN",
         help="browser Origin allowed besides the bound host (repeatable)",
+    )
+    s.add_argument(
+        "--refusal-window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="refusals beyond --refusal-burst per source and reason in this window are "
+        "recorded as one aggregated event (default 60)",
+    )
+    s.add_argument(
+        "--refusal-burst",
+        type=int,
+        default=5,
+        help="refusals per source and reason recorded one by one per window (default 5)",
+    )
+    s.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=256,
+        help="open connections one client address may hold (default 256)",
+    )
+    s.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a connection must send a request's headers within this (default 10)",
+    )
+    s.add_argument(
+        "--body-min-rate",
+        type=float,
+        default=1024.0,
+        metavar="BYTES_PER_S",
+        help="after a 5 s grace a request body must arrive at least this fast (default 1024)",
+    )
+    s.add_argument(
+        "--metrics-token-file",
+        metavar="FILE",
+        help="serve /metrics to the bearer of this token from anywhere (also "
+        "LIGHTHOUSE_METRICS_TOKEN); without one, /metrics answers loopback clients only",
     )
     s.add_argument(
         "--no-elicitation",

@@ -36,6 +36,15 @@ class Settings:
     max_sessions: int = 10_000
     trusted_proxies: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    # refusals written to the log: `burst` individually per source and reason per window
+    refusal_window_s: float = 60.0
+    refusal_burst: int = 5
+    # connections: before auth, nothing may hold a socket or a buffer for long
+    max_connections_per_address: int = 256
+    header_timeout_s: float = 10.0
+    body_grace_s: float = 5.0
+    body_min_rate: float = 1024.0  # bytes/s a body must keep up after the grace period
+    metrics_token: str | None = field(default=None, repr=False)
     # delivery
     elicitation_default: bool = True
     max_wait_s: float = 25.0

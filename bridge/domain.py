@@ -43,6 +43,7 @@ AUTO_ROLLBACK: Final = "AutoRollbackTriggered"
 AUTH_REJECTED: Final = "AuthRejected"
 RATE_LIMITED: Final = "RateLimited"
 ADMIN_AUTH_FAILED: Final = "AdminAuthFailed"
+NONCE_STORE_CREATED: Final = "NonceStoreCreated"
 
 TERMINAL_TYPES: Final = frozenset(
     {REQUEST_ANSWERED, REQUEST_DECLINED, REQUEST_CANCELLED, REQUEST_TIMED_OUT, REQUEST_EXPIRED}
