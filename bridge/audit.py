@@ -36,6 +36,7 @@ from .domain import (
     RATE_LIMITED,
     request_stream,
 )
+from .refusals import refusal_count
 
 if TYPE_CHECKING:
     from .app import Bridge
@@ -338,8 +339,18 @@ async def iterate(source: EventSource, query: AuditQuery, page_size: int = _SCAN
 # -- security report ---------------------------------------------------------------------
 
 
-def _tally(pairs: Iterable[str | None]) -> dict[str, int]:
-    return dict(Counter("(unknown)" if p is None else str(p) for p in pairs).most_common())
+def _tally(records: Iterable[Record], key: Callable[[Record], Any]) -> dict[str, int]:
+    """Refusals per value of `key`, each record weighted by how many it stands for (an
+    aggregated refusal counts its `count`: see `refusals.RefusalLedger`)."""
+    counts: Counter[str] = Counter()
+    for r in records:
+        value = key(r)
+        counts["(unknown)" if value is None else str(value)] += refusal_count(r.data)
+    return dict(counts.most_common())
+
+
+def _total(records: Iterable[Record]) -> int:
+    return sum(refusal_count(r.data) for r in records)
 
 
 def security_report(records: Iterable[Record], since: float | None = None) -> dict[str, Any]:
@@ -350,32 +361,38 @@ def security_report(records: Iterable[Record], since: float | None = None) -> di
             r.type, flags if r.type == FLAG_CHANGED else []
         ).append(r)
     replays = [r for r in rejected if r.data.get("reason") == "replayed_nonce"]
-    pairs = Counter((r.data.get("reason"), r.data.get("agent")) for r in rejected)
+    pairs: Counter[tuple[Any, Any]] = Counter()
+    for r in rejected:
+        pairs[(r.data.get("reason"), r.data.get("agent"))] += refusal_count(r.data)
+
+    def data(name: str) -> Callable[[Record], Any]:
+        return lambda r: r.data.get(name)
+
     return {
         "since": since,
         "auth_rejections": {
-            "total": len(rejected),
-            "by_reason": _tally(r.data.get("reason") for r in rejected),
-            "by_agent": _tally(r.data.get("agent") for r in rejected),
+            "total": _total(rejected),
+            "by_reason": _tally(rejected, data("reason")),
+            "by_agent": _tally(rejected, data("agent")),
             "by_reason_and_agent": [
                 {"reason": reason, "agent": agent, "count": n}
                 for (reason, agent), n in pairs.most_common()
             ],
         },
         "replays": {
-            "total": len(replays),
-            "by_agent": _tally(r.data.get("agent") for r in replays),
-            "by_remote": _tally(r.data.get("remote") for r in replays),
+            "total": _total(replays),
+            "by_agent": _tally(replays, data("agent")),
+            "by_remote": _tally(replays, data("remote")),
         },
         "rate_limited": {
-            "total": len(limited),
-            "by_scope": _tally(r.data.get("scope") for r in limited),
-            "by_agent": _tally(r.data.get("agent") for r in limited),
+            "total": _total(limited),
+            "by_scope": _tally(limited, data("scope")),
+            "by_agent": _tally(limited, data("agent")),
         },
         "admin_auth_failures": {
-            "total": len(admin),
-            "by_reason": _tally(r.data.get("reason") for r in admin),
-            "by_remote": _tally(r.data.get("remote") for r in admin),
+            "total": _total(admin),
+            "by_reason": _tally(admin, data("reason")),
+            "by_remote": _tally(admin, data("remote")),
         },
         "flag_changes": [
             {
