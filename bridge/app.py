@@ -407,6 +407,9 @@ async def _serve(settings: Settings) -> None:
         # aiohttp closes a connection whose next request (the first one included) has not
         # fully arrived within this: the header deadline (and the keep-alive idle time).
         keepalive_timeout=settings.header_timeout_s,
+        # After a refusal sent before the body was read, aiohttp reads and discards the rest
+        # so the client sees the answer: for 2 s, not its default 10 (a slow body's hold).
+        lingering_time=2.0,
     )
     await runner.setup()
     try:
