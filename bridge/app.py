@@ -41,6 +41,7 @@ from .asgi import CLIENT_GONE, ASGIHandler, asgi_handler, run_in_cleanup_ctx
 from .auth import AGENT, admin_auth, agent_auth, flush_refusals, host_guard, refusal_flusher
 from .config import Settings
 from .connections import limit_connections
+from .discovery import remove_discovery, write_discovery
 from .domain import FLAG_CHANGED, FLAGS_STREAM, NONCE_STORE_CREATED, SECURITY_STREAM
 from .flags import Flags
 from .guard import Guard
@@ -425,6 +426,8 @@ async def _serve(settings: Settings) -> None:
         # once (kernel ListenOverflows), and dropped handshakes surfaced as reset POSTs
         # that killed SDK client sessions. uvicorn uses 2048; the kernel caps it at somaxconn.
         await web.TCPSite(runner, settings.host, settings.port, backlog=4096).start()
+        with contextlib.suppress(OSError):  # the CLI finds the token without it too (--db)
+            write_discovery(settings.port, settings.db, settings.admin_token_file)
         print(
             f"lighthouse serving on http://{settings.host}:{settings.port} (store {settings.db})",
             flush=True,
@@ -432,6 +435,7 @@ async def _serve(settings: Settings) -> None:
         while True:
             await asyncio.sleep(3600)
     finally:
+        remove_discovery(settings.port)
         await runner.cleanup()
 
 

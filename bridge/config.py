@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from events import StoreConfig
+if TYPE_CHECKING:  # imported when used: `lighthouse --help` must not load the store code
+    from events import StoreConfig
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 
@@ -76,6 +78,8 @@ class Settings:
         return self.db.with_name(self.db.name + ".nonces")
 
     def store_config(self, *, readonly: bool = False) -> StoreConfig:
+        from events import StoreConfig
+
         return StoreConfig(
             path=self.db,
             key_dir=self.key_dir,
