@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -150,8 +151,10 @@ def test_cli_flags_show_and_set(tmp_path: Any, extra: tuple[str, ...]) -> None:
     b.add_agent("alice")
     b.start()
     try:
-        shown = lighthouse("flags", "show", cwd=tmp_path, env=b.env)
-        assert '"elicitation_enabled": false' in shown.stdout
+        shown = lighthouse("flags", "show", "--json", cwd=tmp_path, env=b.env)
+        assert json.loads(shown.stdout)["elicitation_enabled"] is False
+        table = lighthouse("flags", "show", cwd=tmp_path, env=b.env).stdout
+        assert table.splitlines()[1].split() == ["elicitation", "DISABLED"]
         lighthouse(
             "flags",
             "set",
