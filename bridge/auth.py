@@ -127,6 +127,11 @@ async def read_body(request: web.Request, *, min_rate: float, grace_s: float) ->
     """`request.read()` (so handlers read the cached bytes) with a deadline that moves
     with the bytes received: after ``grace_s`` the body must keep arriving at
     ``min_rate`` bytes/s on average. Raises `_BodyTooSlow` when it does not."""
+    content = request.content
+    if content.is_eof() or (
+        request.content_length is not None and content.total_bytes >= request.content_length
+    ):
+        return await request.read()  # already buffered (the common case): no watchdog
     loop = asyncio.get_running_loop()
     started = loop.time()
     reading = asyncio.ensure_future(request.read())

@@ -251,6 +251,17 @@ def custom_signature(
     }
 
 
+def metric(bridge: BridgeProcess, name: str, label: str = "") -> float:
+    """The sum of a Prometheus metric's samples whose line contains *label* (from loopback,
+    where `/metrics` is served without a token)."""
+    text = httpx2.get(bridge.url + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and label in line
+    )
+
+
 # -- reading the store ---------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness import BridgeProcess, lighthouse
 
-from .conftest import RawClient, assert_refused, events_after, mark, start_bridge
+from .conftest import RawClient, assert_refused, events_after, mark, metric, start_bridge
 
 
 @pytest.fixture
@@ -25,11 +25,6 @@ def lockout_bridge(tmp_path: Path) -> Iterator[BridgeProcess]:
         yield b
     finally:
         b.stop()
-
-
-def _metric(raw: RawClient, name: str) -> float:
-    text = raw.http.get("/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 def test_right_token_works_from_a_throttled_address(lockout_bridge: BridgeProcess) -> None:
@@ -82,10 +77,10 @@ def test_tokenless_requests_do_not_count(lockout_bridge: BridgeProcess) -> None:
     bridge = lockout_bridge
     raw = RawClient(bridge)
     try:
-        before = _metric(raw, "lighthouse_admin_auth_failures_total")
+        before = metric(bridge, "lighthouse_admin_auth_failures_total")
         for _ in range(30):
             assert_refused(raw.http.get("/admin/agents"), 401, "missing_token")
-        assert _metric(raw, "lighthouse_admin_auth_failures_total") - before == 30  # exact
+        assert metric(bridge, "lighthouse_admin_auth_failures_total") - before == 30  # exact
         # No throttle was triggered: a wrong token is refused as wrong, not as throttled.
         wrong = raw.http.get("/feature_flags", headers={"Authorization": "Bearer nope"})
         assert_refused(wrong, 401, "invalid_token")

@@ -20,7 +20,15 @@ import pytest
 from bridge.refusals import refusal_count
 from tests.harness import BridgeProcess, lighthouse
 
-from .conftest import ACCEPT, RawClient, events_after, initialize_body, mark, start_bridge
+from .conftest import (
+    ACCEPT,
+    RawClient,
+    events_after,
+    initialize_body,
+    mark,
+    metric,
+    start_bridge,
+)
 
 FLOOD = 400
 WINDOW = 2.0
@@ -33,14 +41,6 @@ def flood_bridge(tmp_path: Path) -> Iterator[BridgeProcess]:
         yield b
     finally:
         b.stop()
-
-
-def _metric(text: str, name: str, label: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and label in line
-    )
 
 
 async def _flood(url: str, n: int) -> list[int]:
@@ -60,11 +60,7 @@ def test_unsigned_flood_writes_a_bounded_number_of_events(flood_bridge: BridgePr
     bridge = flood_bridge
     raw = RawClient(bridge)
     try:
-        before = _metric(
-            raw.http.get("/metrics").text,
-            "lighthouse_auth_rejections_total",
-            'reason="missing_signature"',
-        )
+        before = metric(bridge, "lighthouse_auth_rejections_total", 'reason="missing_signature"')
         start = mark(bridge)
         began = time.time()
         statuses = asyncio.run(_flood(bridge.url, FLOOD))
@@ -73,11 +69,7 @@ def test_unsigned_flood_writes_a_bounded_number_of_events(flood_bridge: BridgePr
         # Healthy for others while and after it happened.
         assert raw.post("alice", initialize_body()).status_code == 200
         # Metrics count every refusal exactly.
-        after = _metric(
-            raw.http.get("/metrics").text,
-            "lighthouse_auth_rejections_total",
-            'reason="missing_signature"',
-        )
+        after = metric(bridge, "lighthouse_auth_rejections_total", 'reason="missing_signature"')
         assert after - before == FLOOD
         # The store: at most 5 individual records per window the flood spanned, plus one
         # aggregate per window; the aggregates appear once their window ended.
