@@ -53,3 +53,14 @@ class SchemaError(StoreError):
 
 class OperationalError(StoreError):
     """The backend failed (disk full, I/O error, corrupt file); nothing was written."""
+
+
+class StoreUnavailable(OperationalError):
+    """The database server could not be reached or the connection broke.
+
+    Nothing was half-written: a batch is one transaction. When the connection broke while
+    COMMIT was in flight the outcome is unknown, which is why retrying with the same
+    `event_id`s is safe (an idempotent retry returns the original positions).
+    """
+
+    reason = "store_unavailable"
