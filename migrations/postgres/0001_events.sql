@@ -1,5 +1,5 @@
 -- The append-only event log, the head row every writer serializes on, checkpoints,
--- the store's identity, and the shared nonce table.
+-- and the store's identity.
 CREATE TABLE events (
     position   bigint           PRIMARY KEY,
     stream     text             NOT NULL,
@@ -57,10 +57,4 @@ CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints
 CREATE TABLE store_meta (
     key   text PRIMARY KEY,
     value text NOT NULL
-);
-
--- Replay protection shared by every bridge when no Redis is configured.
-CREATE TABLE lh_nonces (
-    key     bytea            PRIMARY KEY,
-    expires double precision NOT NULL
 );
