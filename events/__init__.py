@@ -10,6 +10,7 @@ from .errors import (
     StoreClosed,
     StoreError,
     StoreLocked,
+    StoreUnavailable,
     WrongExpectedVersion,
 )
 from .model import ANY_VERSION, NO_STREAM, Checkpoint, NewEvent, Record
@@ -40,6 +41,7 @@ __all__ = [
     "StoreConfig",
     "StoreError",
     "StoreLocked",
+    "StoreUnavailable",
     "VerifyReport",
     "WrongExpectedVersion",
     "load_public_key",
