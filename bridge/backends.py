@@ -43,7 +43,9 @@ async def open_nonces(settings: Settings) -> NonceStore:
     if settings.redis_url:
         from security.shared import RedisNonceStore
 
-        return RedisNonceStore.from_url(settings.redis_url, window)
+        return RedisNonceStore.from_url(
+            settings.redis_url, window, prefix=settings.redis_prefix + "nonce:"
+        )
     if settings.database_url:
         from security.shared import PostgresNonceStore
 
@@ -55,5 +57,10 @@ def agent_rate_limiter(settings: Settings) -> RateLimiter:
     if settings.redis_url:
         from security.shared import RedisRateLimiter
 
-        return RedisRateLimiter.from_url(settings.redis_url, settings.rate_per_s, settings.burst)
+        return RedisRateLimiter.from_url(
+            settings.redis_url,
+            settings.rate_per_s,
+            settings.burst,
+            prefix=settings.redis_prefix + "rate:",
+        )
     return GCRARateLimiter(settings.rate_per_s, settings.burst)

@@ -138,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             db=_db(args),
             database_url=_database_url(args),
             redis_url=args.redis_url or env_redis_url(),
+            redis_prefix=args.redis_prefix,
             key_dir=Path(args.key_dir) if args.key_dir else None,
             synchronous=args.synchronous,
             admin_token=env_admin_token(),
@@ -380,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url",
         metavar="URL",
         help="share nonces and rate limits between bridges (or LIGHTHOUSE_REDIS_URL)",
+    )
+    s.add_argument(
+        "--redis-prefix",
+        default="lighthouse:",
+        help="key prefix in Redis (one per deployment sharing the server)",
     )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)

@@ -26,6 +26,8 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     """Shared nonces and rate limits; without it a PostgreSQL deployment keeps nonces in
     the database and rate limits per bridge."""
+    redis_prefix: str = "lighthouse:"
+    """Key prefix in Redis, so several deployments (or test runs) can share one server."""
     key_dir: Path | None = None
     checkpoint_file: Path | None = None
     synchronous: str = "FULL"
