@@ -66,7 +66,12 @@ from .errors import (
     KeyMismatch,
     OperationalError,
     SchemaError,
+    StoreBusy,
+    StoreCorrupt,
+    StoreDamaged,
     StoreError,
+    StoreFull,
+    StoreReadOnly,
     StoreUnavailable,
 )
 from .model import Checkpoint, Record, record_from_row
@@ -124,6 +129,27 @@ def redact(url: str) -> str:
 def unavailable(exc: BaseException, doing: str) -> StoreUnavailable:
     detail = str(exc) or type(exc).__name__
     return StoreUnavailable(f"PostgreSQL unavailable while {doing}: {detail}")
+
+
+# SQLSTATE (https://www.postgresql.org/docs/current/errcodes-appendix.html) -> cause.
+_BY_SQLSTATE: dict[str, type[OperationalError]] = {
+    "53100": StoreFull,  # disk_full
+    "53200": StoreBusy,  # out_of_memory
+    "53300": StoreBusy,  # too_many_connections
+    "55P03": StoreBusy,  # lock_not_available
+    "40P01": StoreBusy,  # deadlock_detected
+    "57014": StoreBusy,  # query_canceled (statement_timeout)
+    "25006": StoreReadOnly,  # read_only_sql_transaction (a standby, or a read-only database)
+    "42501": StoreReadOnly,  # insufficient_privilege
+    "XX001": StoreCorrupt,  # data_corrupted
+    "XX002": StoreCorrupt,  # index_corrupted
+}
+
+
+def pg_store_error(exc: asyncpg.PostgresError, doing: str) -> OperationalError:
+    """The `StoreError` a server-side error becomes: its class names the cause."""
+    cls = _BY_SQLSTATE.get(getattr(exc, "sqlstate", "") or "", OperationalError)
+    return cls(f"{doing}: {exc}")
 
 
 class _NeedsLookup(Exception):
@@ -213,7 +239,7 @@ class PostgresEventStore(GroupCommitStore):
             raise unavailable(exc, f"opening {redact(store._url)}") from None
         except asyncpg.PostgresError as exc:
             await store._close_backend()
-            raise OperationalError(f"cannot open store {redact(store._url)}: {exc}") from None
+            raise pg_store_error(exc, f"cannot open store {redact(store._url)}") from None
         except BaseException:
             await store._close_backend()
             raise
@@ -290,10 +316,11 @@ class PostgresEventStore(GroupCommitStore):
             if last_position == row[0]:
                 return Head(row[0], row[1], row[2])
             if last_position > row[0] or not self.config.accept_damage:
-                raise StoreError(
+                raise StoreDamaged(
                     f"store {redact(self._url)} is damaged: the head row says {row[0]} events, "
                     f"the last stored is {last_position}; run `lighthouse verify` and "
-                    "`lighthouse repair`"
+                    "`lighthouse repair`",
+                    kind="truncated",
                 )
             # accept_damage: continue after the highest position ever allocated, chained
             # onto the last surviving record (verify keeps reporting the gap).
@@ -328,7 +355,7 @@ class PostgresEventStore(GroupCommitStore):
             self._drop_writer()
             return [unavailable(exc, "appending (retry with the same event ids)")] * len(batch)
         except asyncpg.PostgresError as exc:
-            return [OperationalError(f"append failed, nothing written: {exc}")] * len(batch)
+            return [pg_store_error(exc, "append failed, nothing written")] * len(batch)
         except Exception as exc:  # never let the writer task die: fail this batch only
             log.exception("append batch failed unexpectedly")
             self._drop_writer()
@@ -455,7 +482,7 @@ class PostgresEventStore(GroupCommitStore):
         except CONNECTION_ERRORS as exc:
             raise unavailable(exc, doing) from None
         except asyncpg.PostgresError as exc:
-            raise OperationalError(f"{doing} failed: {exc}") from None
+            raise pg_store_error(exc, f"{doing} failed") from None
 
     async def read_stream(
         self, stream: str, from_version: int = 1, limit: int | None = None

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from events import EventStore, NewEvent, StoreConfig, StoreError
+from events import EventStore, NewEvent, StoreConfig, StoreDamaged, StoreError, StoreReadOnly
 from events.postgres import PostgresEventStore, migrate
 from tests.conformance.store_suite import EventStoreConformance
 from tests.pgtools import drop_created, fresh_database
@@ -185,8 +185,9 @@ async def test_cut_tail_refuses_writer_and_verify_reports_it(tmp_path: Path) -> 
         await conn.execute("DELETE FROM events WHERE position > 8")
     finally:
         await conn.close()
-    with pytest.raises(StoreError, match="damaged"):
+    with pytest.raises(StoreDamaged, match="damaged") as info:
         await PostgresEventStore.open(config)
+    assert info.value.kind == "truncated" and info.value.reason == "store_damaged"
     reader = await PostgresEventStore.open(
         StoreConfig(path=config.path, url=config.url, readonly=True)
     )
@@ -195,3 +196,20 @@ async def test_cut_tail_refuses_writer_and_verify_reports_it(tmp_path: Path) -> 
     finally:
         await reader.close()
     assert report.first is not None and report.first.kind == "truncated"
+
+
+async def test_read_only_database_is_named_as_such(tmp_path: Path) -> None:
+    config = _suite.make_config(tmp_path)
+    store = await PostgresEventStore.open(config)
+    await store.append("s", [ev(1)])
+    await store.close()
+    assert config.url is not None
+    name = config.url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(config.url)
+    try:
+        await conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    finally:
+        await conn.close()
+    with pytest.raises(StoreReadOnly) as info:
+        await PostgresEventStore.open(config)
+    assert info.value.reason == "store_read_only" and info.value.retryable
