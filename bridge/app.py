@@ -24,6 +24,7 @@ from events import GroupCommitStore
 from events.chain import write_secret_file
 from security import (
     AdminAuth,
+    DataKeys,
     KeyRegistry,
     NonceStore,
     OriginPolicy,
@@ -34,6 +35,7 @@ from security import (
     key_lookup,
     load_or_create_admin_token,
     origin_policy,
+    vault_row_count,
 )
 
 from .agents import AgentService, RegistryProjection
@@ -53,6 +55,7 @@ from .metrics import Metrics
 from .observability import EventLogger
 from .refusals import RefusalLedger
 from .routing import Requests, Router
+from .sealing import OpenFailure, Sealer
 from .sessions import Presence
 
 log = logging.getLogger("lighthouse")
@@ -121,19 +124,48 @@ async def open_bridge(settings: Settings) -> Bridge:
         raise
 
 
+def content_sealer(store_id: str, vault: SQLiteSecretVault, metrics: Metrics) -> Sealer:
+    """The encoding stage for this store, its faults counted for the alert rules."""
+
+    def opened_badly(failure: OpenFailure) -> None:
+        metrics.decryption_failures.labels(failure.type).inc()
+
+    return Sealer(
+        store_id,
+        DataKeys(vault),
+        on_seal_failure=metrics.encryption_failures.inc,
+        on_open_failure=opened_badly,
+    )
+
+
 async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) -> Bridge:
     registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
     requests, presence, metrics = Requests(), Presence(), Metrics()
     store.commit_observer = metrics.observe_commit
     event_logger = EventLogger()
-    event_log = Log(store, [RegistryProjection(registry), flags, requests, mailboxes, event_logger])
-    replayed = await event_log.replay()
+    # The vault opens before replay: sealed contents are opened as the log is replayed. A
+    # vault with rows is never given a new master key, and a wrong key stops start-up here.
+    first = fresh or not vault_row_count(settings.db)
+    vault = SQLiteSecretVault.open(settings.db, settings.master_key_file, fresh_install=first)
+    try:
+        vault.check()
+        sealer = content_sealer(store.store_id, vault, metrics)
+    except BaseException:
+        vault.close()
+        raise
+    event_log = Log(
+        store,
+        [RegistryProjection(registry), flags, requests, mailboxes, event_logger],
+        sealer=sealer,
+    )
+    try:
+        replayed = await event_log.replay()
+    except BaseException:
+        vault.close()
+        raise
     event_logger.live = True  # one JSON log line per new fact of interest, not the history
     if settings.database_url:  # other bridges append too: keep the projections current
         event_log.start_following()
-    vault = SQLiteSecretVault.open(
-        settings.db, settings.master_key_file, fresh_install=fresh or not registry.agents
-    )
     nonces = await open_nonces(settings, fresh_install=fresh or not registry.agents)
     verifier = SignatureVerifier(key_lookup(registry, vault), nonces, skew=int(settings.skew_s))
     token, _ = load_or_create_admin_token(

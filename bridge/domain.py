@@ -15,6 +15,7 @@ AGENT_REGISTERED: Final = "AgentRegistered"
 AGENT_KEY_ISSUED: Final = "AgentKeyIssued"
 AGENT_KEY_ROTATED: Final = "AgentKeyRotated"
 AGENT_REVOKED: Final = "AgentRevoked"
+AGENT_FORGOTTEN: Final = "AgentForgotten"
 # Sessions
 SESSION_OPENED: Final = "SessionOpened"
 SESSION_CLOSED: Final = "SessionClosed"
@@ -45,6 +46,7 @@ AUTH_REJECTED: Final = "AuthRejected"
 RATE_LIMITED: Final = "RateLimited"
 ADMIN_AUTH_FAILED: Final = "AdminAuthFailed"
 NONCE_STORE_CREATED: Final = "NonceStoreCreated"
+CONTENTS_READ: Final = "ContentsRead"
 
 TERMINAL_TYPES: Final = frozenset(
     {REQUEST_ANSWERED, REQUEST_DECLINED, REQUEST_CANCELLED, REQUEST_TIMED_OUT, REQUEST_EXPIRED}

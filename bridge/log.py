@@ -9,6 +9,12 @@ When several bridges share one store (PostgreSQL), `start_following` also applie
 polling, so a flag change, key rotation or revocation made on one bridge reaches every
 bridge's projections within about a second (the store's poll interval bounds it when a
 notification is lost).
+
+With a `Sealer`, contents are encrypted here on the way in and opened on the way out
+(bridge/sealing.py): the store only ever sees ciphertext, and projections only plaintext.
+The associated data names the record's stream version, which the store assigns; the Log
+therefore tracks each stream's version as it applies facts and appends sealed events with
+that expected version, re-sealing on the (rare) conflict when the caller asked for none.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from events import ANY_VERSION, EventStore, NewEvent, StoreError
+from events import ANY_VERSION, EventStore, NewEvent, Record, StoreError, WrongExpectedVersion
 
-from .domain import Fact
+from .domain import AGENT_FORGOTTEN, Fact
+from .sealing import Sealer
 
 log = logging.getLogger(__name__)
 _FOLLOW_RETRY_S = 0.5
+_SEAL_ATTEMPTS = 8
+_TRACKED_STREAMS = 200_000  # past this the version table restarts (a guess costs a retry)
 
 
 class Projection(Protocol):
@@ -36,9 +45,16 @@ class Log:
 
     _REPLAY_PAGE = 5000
 
-    def __init__(self, store: EventStore, projections: Sequence[Projection]) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        projections: Sequence[Projection],
+        sealer: Sealer | None = None,
+    ) -> None:
         self.store = store
-        self._projections = list(projections)
+        self.sealer = sealer
+        self._projections = ([sealer] if sealer is not None else []) + list(projections)
+        self._versions: dict[str, int] = {}  # stream -> last version known or reserved
         self._watermark = 0  # every position <= watermark has been applied
         self._above: set[int] = set()
         self._follower: asyncio.Task[None] | None = None
@@ -64,7 +80,7 @@ class Log:
         while True:
             try:
                 async for r in self.store.subscribe(self._watermark + 1):
-                    self._apply(Fact(r.position, r.stream, r.type, r.data, r.actor, r.time))
+                    self._apply_record(r)
                 return  # the store closed
             except StoreError as exc:  # e.g. the database is unreachable: catch up later
                 log.warning("following the shared log paused: %s", exc)
@@ -73,22 +89,70 @@ class Log:
     async def replay(self) -> int:
         """Rebuild every projection from the whole log; returns the number of facts."""
         position, count = 1, 0
+        if self.sealer is not None:  # erased keys known before any record is opened
+            forgets = await self.store.read_all(1, limit=None, types=[AGENT_FORGOTTEN])
+            self.sealer.prime(r.data for r in forgets)
         while True:
             page = await self.store.read_all(position, limit=self._REPLAY_PAGE)
             for r in page:
-                self._apply(Fact(r.position, r.stream, r.type, r.data, r.actor, r.time))
+                self._apply_record(r)
             count += len(page)
             if len(page) < self._REPLAY_PAGE:
                 return count
             position = page[-1].position + 1
 
+    def _apply_record(self, r: Record) -> None:
+        data = r.data if self.sealer is None else self.sealer.open_record(r)
+        self._track(r.stream, r.version)
+        self._apply(Fact(r.position, r.stream, r.type, data, r.actor, r.time))
+
+    def _track(self, stream: str, version: int) -> None:
+        if version > self._versions.get(stream, 0):
+            if len(self._versions) >= _TRACKED_STREAMS:
+                self._versions.clear()
+            self._versions[stream] = version
+
     async def append(
         self, stream: str, events: Sequence[NewEvent], expected_version: int = ANY_VERSION
     ) -> list[int]:
-        positions = await self.store.append(stream, events, expected_version)
+        if self.sealer is not None and self.sealer.wants(events):
+            positions = await self._append_sealed(stream, events, expected_version)
+        else:
+            positions = await self._submit(stream, events, expected_version, expected_version)
         for position, event in zip(positions, events, strict=True):
             self._apply(Fact(position, stream, event.type, event.data, event.actor, event.time))
         return positions
+
+    async def _submit(
+        self, stream: str, events: Sequence[NewEvent], expected: int, base: int | None
+    ) -> list[int]:
+        """Append, reserving the stream's versions before the first await so concurrent
+        appends of this process chain onto each other in the order they were queued."""
+        if base == ANY_VERSION:
+            base = self._versions.get(stream)
+        if base is not None:
+            self._versions[stream] = base + len(events)
+        try:
+            return await self.store.append(stream, events, expected)
+        except BaseException:
+            self._versions.pop(stream, None)  # unknown again: the next guess may retry
+            raise
+
+    async def _append_sealed(
+        self, stream: str, events: Sequence[NewEvent], expected_version: int
+    ) -> list[int]:
+        assert self.sealer is not None
+        base = expected_version if expected_version != ANY_VERSION else None
+        for _ in range(_SEAL_ATTEMPTS):
+            guess = base if base is not None else self._versions.get(stream, 0)
+            sealed = [self.sealer.seal(stream, guess + i + 1, e) for i, e in enumerate(events)]
+            try:
+                return await self._submit(stream, sealed, guess, guess)
+            except WrongExpectedVersion as exc:
+                if base is not None:
+                    raise  # the caller's own expectation failed: its conflict to handle
+                self._versions[stream] = exc.actual  # the truth at that moment: re-seal
+        raise WrongExpectedVersion(stream, ANY_VERSION, self._versions.get(stream, -1))
 
     async def append_events(
         self,

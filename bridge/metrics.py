@@ -130,6 +130,17 @@ class Metrics:
             "Times the guard turned elicitation off",
             registry=r,
         )
+        self.encryption_failures = Counter(
+            "lighthouse_encryption_failures",
+            "Appends refused because their contents could not be encrypted",
+            registry=r,
+        )
+        self.decryption_failures = Counter(
+            "lighthouse_decryption_failures",
+            "Stored contents that did not open (moved, tampered or key missing), by event type",
+            ["type"],
+            registry=r,
+        )
 
     def observe_commit(self, events: int, seconds: float) -> None:
         """The store's group-commit hook: one transaction of `events` took `seconds`."""

@@ -15,6 +15,7 @@ from security.admin import (
     load_or_create_admin_token,
 )
 from security.client import LighthouseAuth, signing_middleware
+from security.content import ContentCipher, DataKeys, OpenError
 from security.digest import DigestError, content_digest, verify_content_digest
 from security.keys import (
     AgentInfo,
@@ -30,6 +31,7 @@ from security.keys import (
     key_lookup,
     load_master_key,
     new_key_id,
+    vault_row_count,
 )
 from security.nonces import InMemoryNonceStore, NonceStore, SQLiteNonceStore
 from security.origin import OriginPolicy, OriginRejection, origin_policy
@@ -56,6 +58,8 @@ __all__ = [
     "AdminToken",
     "AdminTokenError",
     "AgentInfo",
+    "ContentCipher",
+    "DataKeys",
     "DigestError",
     "FailureThrottle",
     "GCRARateLimiter",
@@ -67,6 +71,7 @@ __all__ = [
     "LighthouseAuth",
     "MasterKeyError",
     "NonceStore",
+    "OpenError",
     "OriginPolicy",
     "OriginRejection",
     "RateDecision",
@@ -95,5 +100,6 @@ __all__ = [
     "origin_policy",
     "sign_request",
     "signing_middleware",
+    "vault_row_count",
     "verify_content_digest",
 ]

@@ -48,6 +48,7 @@ __all__ = [
     "key_lookup",
     "load_master_key",
     "new_key_id",
+    "vault_row_count",
 ]
 
 SECRET_BYTES = 32
@@ -173,7 +174,7 @@ class SQLiteSecretVault(SecretVault):
         """
         key_file = Path(key_file)
         if not key_file.exists():
-            rows = _vault_row_count(db_path)
+            rows = vault_row_count(db_path)
             if rows:
                 raise MasterKeyError(
                     f"master key file {key_file} is missing but the vault holds {rows} "
@@ -217,11 +218,65 @@ class SQLiteSecretVault(SecretVault):
         self._db.execute("DELETE FROM key_vault WHERE key_id = ?", (key_id,))
         self._cache.pop(key_id, None)
 
+    def key_ids(self, prefix: str = "") -> list[str]:
+        """Stored key ids starting with *prefix*, oldest first (ids only, never secrets)."""
+        rows = self._db.execute(
+            "SELECT key_id FROM key_vault WHERE substr(key_id, 1, ?) = ? ORDER BY created",
+            (len(prefix), prefix),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def check(self) -> int:
+        """Open every stored row once; raises MasterKeyError if the master key is not the
+        one they were wrapped with. Run at start-up so a wrong key file stops the bridge
+        with a clear message instead of failing on the first signed request."""
+        rows = self._db.execute("SELECT key_id, nonce, ciphertext FROM key_vault").fetchall()
+        for key_id, nonce, ciphertext in rows:
+            try:
+                self._aead.decrypt(nonce, ciphertext, key_id.encode())
+            except InvalidTag:
+                raise MasterKeyError(
+                    f"the master key does not open the vault ({len(rows)} wrapped key(s), "
+                    f"first failure {key_id}): wrong key file or tampered vault; restore "
+                    "the key file the store was created with"
+                ) from None
+        return len(rows)
+
+    def rewrap(self, new_master_key: bytes) -> int:
+        """Re-encrypt every stored secret under *new_master_key* in one transaction.
+
+        Events are untouched: they hold ciphertext under data keys, and only the wrapping
+        of those keys changes. Returns how many rows were re-wrapped."""
+        if len(new_master_key) != 32:
+            raise MasterKeyError("master key must be 32 bytes")
+        new = AESGCM(new_master_key)
+        rows = self._db.execute("SELECT key_id, nonce, ciphertext FROM key_vault").fetchall()
+        updates = []
+        for key_id, nonce, ciphertext in rows:
+            try:
+                secret = self._aead.decrypt(nonce, ciphertext, key_id.encode())
+            except InvalidTag as exc:
+                raise VaultError(f"{key_id} does not decrypt; nothing re-wrapped") from exc
+            fresh = secrets.token_bytes(12)
+            updates.append((fresh, new.encrypt(fresh, secret, key_id.encode()), key_id))
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "UPDATE key_vault SET nonce = ?, ciphertext = ? WHERE key_id = ?", updates
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._aead = new
+        return len(updates)
+
     def close(self) -> None:
         self._db.close()
 
 
-def _vault_row_count(db_path: str | Path) -> int:
+def vault_row_count(db_path: str | Path) -> int:
+    """Rows in the vault of *db_path* without a master key (0 when there is none yet)."""
     if not Path(db_path).exists():
         return 0
     db = sqlite3.connect(str(db_path))

@@ -30,6 +30,7 @@ RUNSHEET_ALERTS = {
     "LighthouseRateLimitViolations": "lighthouse_rate_limited_total",
     "LighthouseFallbackRateHigh": "lighthouse_fallbacks_total",
     "LighthouseStoreAppendP99High": "lighthouse_store_append_seconds_bucket",
+    "LighthouseEncryptionFailures": "lighthouse_encryption_failures_total",
 }
 
 
