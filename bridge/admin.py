@@ -17,7 +17,7 @@ from aiohttp import web
 
 from events import WrongExpectedVersion
 
-from .agents import AgentError
+from .agents import AgentError, open_requests_of
 from .domain import DRAIN_FINISHED, DRAIN_STARTED, FLAG_CHANGED, FLAGS_STREAM, OPS_STREAM
 from .flags import FlagError, parse_change
 
@@ -110,6 +110,22 @@ def add_admin_routes(app: web.Application, bridge_of: BridgeOf) -> None:
             bridge_of(request).agents.revoke(request.match_info["name"], admin_actor(request))
         )
 
+    async def forget(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        try:
+            spec = msgspec.convert(body, _ForgetSpec)
+        except msgspec.ValidationError as exc:
+            return _bad("body", str(exc))
+        return await _agent_op(
+            forget_agent(
+                bridge_of(request),
+                request.match_info["name"],
+                spec.reason,
+                admin_actor(request),
+                force=spec.force,
+            )
+        )
+
     async def drain(request: web.Request) -> web.Response:
         body = await _json_body(request)
         timeout = body.get("timeout", 30) if isinstance(body, dict) else None
@@ -134,6 +150,7 @@ def add_admin_routes(app: web.Application, bridge_of: BridgeOf) -> None:
     app.router.add_post("/admin/agents", add_agent)
     app.router.add_post("/admin/agents/{name}/rotate", rotate)
     app.router.add_post("/admin/agents/{name}/revoke", revoke)
+    app.router.add_post("/admin/agents/{name}/forget", forget)
     app.router.add_post("/admin/drain", drain)
     app.router.add_post("/admin/resume", resume)
 
@@ -142,6 +159,19 @@ class _AgentSpec(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     roles: list[str] = []
     capabilities: list[str] = []
+
+
+class _ForgetSpec(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str
+    force: bool = False
+
+
+async def forget_agent(
+    bridge: Bridge, name: str, reason: str, actor: str, *, force: bool = False
+) -> dict[str, Any]:
+    """`agents forget` on a running bridge or on the store directly (the CLI's two paths)."""
+    pending = open_requests_of(bridge.requests.open.values(), name)
+    return await bridge.agents.forget(name, reason, actor, open_requests=pending, force=force)
 
 
 async def _agent_op(work: Any, status: int = 200) -> web.Response:

@@ -1,18 +1,24 @@
-"""Agent registry operations: register, rotate a key, revoke — each an event, no secrets.
+"""Agent registry operations: register, rotate a key, revoke, forget — each an event, no
+secrets.
 
 The secret is shown once to the operator and kept only encrypted in the vault; the log
 records that a key with this id was issued, rotated or revoked, never its material.
+`forget` erases what an agent wrote by destroying its data keys (crypto-shredding): the
+ciphertext stays in the hash chain, so the log still verifies, but reads as ``[erased]``.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from security import KeyRegistry, SecretVault, decode_secret, generate_secret, new_key_id
 
+from .display import printable
 from .domain import (
+    AGENT_FORGOTTEN,
     AGENT_KEY_ISSUED,
     AGENT_KEY_ROTATED,
     AGENT_REGISTERED,
@@ -116,6 +122,51 @@ class AgentService:
         )
         return {"agent": info.agent, "revoked": True, "key_ids": list(info.key_ids)}
 
+    async def forget(
+        self,
+        name: str,
+        reason: str,
+        actor: str,
+        *,
+        open_requests: Iterable[str] = (),
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Destroy the agent's data keys after recording that (and why) they are destroyed.
+
+        The event comes first: if destroying failed afterwards the fact still says what was
+        meant, and running forget again finishes it. `open_requests` are requests the agent
+        asked or must answer; erasing their contents mid-flight is refused unless forced.
+        """
+        sealer = self.log.sealer
+        if sealer is None:
+            raise AgentError("contents are not encrypted in this store; nothing to erase")
+        if not isinstance(reason, str) or not reason.strip():
+            raise AgentError("--reason is required: say why this agent's contents are erased")
+        if len(reason) > 500:
+            raise AgentError("reason: at most 500 characters")
+        key_ids = sealer.keys.key_ids(name)
+        if name not in self.registry.agents and not key_ids:
+            raise AgentError(f"no agent named {name!r}")
+        if not key_ids:
+            raise AgentError(f"agent {name!r} has no contents to erase (forgotten already?)")
+        pending = sorted(open_requests)
+        if pending and not force:
+            shown = ", ".join(pending[:5]) + (" …" if len(pending) > 5 else "")
+            raise AgentError(
+                f"agent {name!r} has {len(pending)} open request(s) ({shown}); wait for them "
+                "to close or use --force"
+            )
+        data = {
+            "agent": name,
+            "reason": printable(reason.strip()),
+            "key_ids": key_ids,
+            "open_requests": pending,
+            "forced": bool(pending),
+        }
+        position = await self.log.record(agent_stream(name), AGENT_FORGOTTEN, data, actor=actor)
+        destroyed = sealer.keys.destroy(name)
+        return {"agent": name, "erased_key_ids": destroyed, "position": position}
+
     def list(self) -> list[dict[str, Any]]:
         return [
             {
@@ -146,3 +197,8 @@ class RegistryProjection:
     def apply(self, fact: Any) -> None:
         if fact.type in KeyRegistry.EVENT_TYPES:
             self.registry.apply(fact.type, fact.data)
+
+
+def open_requests_of(open_requests: Iterable[Any], agent: str) -> list[str]:
+    """Ids of open requests the agent asked or must answer (what forget waits for)."""
+    return [r.request_id for r in open_requests if agent in (r.caller, r.recipient)]

@@ -233,6 +233,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return EXIT_OK
     applied = migrate_store(_db(args))
     print(f"applied migrations {applied}" if applied else "schema is up to date")
+    from .contents import count_clear_contents
+
+    clear = count_clear_contents(_db(args)).clear
+    print(
+        f"{clear} content field(s) written before encryption remain in clear text "
+        "(the log is not rewritten; `agents forget` cannot erase those)"
+        if clear
+        else "no clear-text contents: every stored content is encrypted"
+    )
     return EXIT_OK
 
 
@@ -247,13 +256,20 @@ def cmd_agents(args: argparse.Namespace) -> int:
             result = _admin_call("POST", "/admin/agents", body, db)
         elif op == "list":
             result = _admin_call("GET", "/admin/agents", None, db)
+        elif op == "forget":
+            body = {"reason": args.reason, "force": args.force}
+            result = _admin_call("POST", f"/admin/agents/{name}/forget", body, db)
         else:
             action = "rotate" if op == "rotate-key" else "revoke"
             result = _admin_call("POST", f"/admin/agents/{name}/{action}", {}, db)
     else:
 
         async def work(bridge: Any) -> Any:
+            from .admin import forget_agent
+
             agents = bridge.agents
+            if op == "forget":
+                return await forget_agent(bridge, name, args.reason, "cli", force=args.force)
             if op == "add":
                 return await agents.add(name, args.role, args.capability, "cli")
             if op == "list":
@@ -627,6 +643,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     for name in ("rotate-key", "revoke"):
         with_db(asub.add_parser(name)).add_argument("name")
+    fg = with_db(asub.add_parser("forget", help="erase an agent's contents (destroys its key)"))
+    fg.add_argument("name")
+    fg.add_argument("--reason", required=True, help="recorded with the erasure")
+    fg.add_argument("--force", action="store_true", help="even while it has open requests")
     a.set_defaults(func=cmd_agents)
 
     f = sub.add_parser("flags", help="show or change the elicitation flag")
@@ -676,6 +696,8 @@ _EXTENSION_COMMANDS: dict[str, tuple[str, str]] = {
     "repair": ("bridge.repair", "verify, rebuild state from the log, resolve requests left open"),
     "audit": ("bridge.audit", "query, export and verify the event log"),
     "mcp": ("bridge.gateway", "stdio MCP gateway for hosts that cannot sign requests"),
+    "contents": ("bridge.contents", "check encrypted contents (by position)"),
+    "keys": ("bridge.contents", "manage the master key (rotate-master)"),
 }
 
 
@@ -709,6 +731,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lighthouse: {printable(exc)}", file=sys.stderr)
         return EXIT_FAIL
     except Exception as exc:
+        from security import VaultError
+
+        if isinstance(exc, VaultError):  # missing or wrong master key: refuse, clearly
+            print(f"lighthouse: {printable(exc)}", file=sys.stderr)
+            return EXIT_FAIL
         from events import StoreError
 
         if not isinstance(exc, StoreError):
