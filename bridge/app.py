@@ -36,7 +36,6 @@ from security import (
 )
 
 from .agents import AgentService, RegistryProjection
-from .asgi import CLIENT_GONE, ASGIHandler, asgi_handler, run_in_cleanup_ctx
 from .auth import AGENT, admin_auth, agent_auth
 from .config import Settings
 from .domain import FLAG_CHANGED, FLAGS_STREAM
@@ -44,11 +43,12 @@ from .flags import Flags
 from .guard import Guard
 from .log import Log
 from .mailbox import Mailboxes
-from .mcp_host import McpHost, scope_for
+from .mcp import McpEndpoint, SessionTable, StateSealer
 from .metrics import Metrics
 from .observability import EventLogger
 from .routing import Requests, Router
 from .sessions import Presence
+from .tools import AgentTools
 
 log = logging.getLogger("lighthouse")
 
@@ -80,8 +80,7 @@ class Bridge:
     address_limiter: GCRARateLimiter
     admin: AdminAuth
     origin: OriginPolicy
-    host: McpHost | None = None
-    mcp_handler: ASGIHandler | None = None
+    endpoint: McpEndpoint | None = None
     guard: Guard | None = None
 
     async def close(self) -> None:
@@ -222,72 +221,51 @@ def create_app(settings: Settings) -> web.Application:
 def _bridge_ctx(settings: Settings) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         bridge = await open_bridge(settings)
-        request_state_key = _load_or_create_key(settings.keys / "request_state.key", fresh=True)
-        bridge.host = McpHost(
-            bridge.log,
-            bridge.router,
-            bridge.mailboxes,
-            bridge.presence,
-            bridge.metrics,
-            request_state_key=request_state_key,
-            max_wait_s=settings.max_wait_s,
-            max_sessions=settings.max_sessions,
-        )
-        bridge.mcp_handler = asgi_handler(
-            _watch_sessions(bridge.host.session_manager.handle_request, bridge),
-            scope_extras=lambda request: scope_for(request[AGENT]),
-        )
-        app[BRIDGE] = bridge
-        moved = await bridge.router.adopt_open_requests()
-        if moved:
-            log.info("moved %d elicitations of the previous run to the legacy path", moved)
-        async for _ in run_in_cleanup_ctx(bridge.host.session_manager.run)(app):
-            try:
-                yield
-            finally:
-                await bridge.router.close()
-        await bridge.close()
+        try:
+            request_state_key = _load_or_create_key(settings.keys / "request_state.key", fresh=True)
+            tools = AgentTools(
+                bridge.log,
+                bridge.router,
+                bridge.mailboxes,
+                bridge.presence,
+                bridge.metrics,
+                max_wait_s=settings.max_wait_s,
+            )
+            bridge.endpoint = McpEndpoint(
+                tools,
+                tools,
+                SessionTable(
+                    per_agent=settings.max_sessions_per_agent,
+                    total=settings.max_sessions,
+                    idle_timeout_s=settings.session_idle_timeout_s,
+                ),
+                StateSealer(request_state_key, ttl_s=settings.request_state_ttl_s),
+                server_name="lighthouse",
+                server_version=package_version(),
+                instructions="Coordination bridge: ask other agents questions, answer theirs.",
+            )
+            app[BRIDGE] = bridge
+            moved = await bridge.router.adopt_open_requests()
+            if moved:
+                log.info("moved %d elicitations of the previous run to the legacy path", moved)
+            bridge.endpoint.start()
+        except BaseException:
+            await bridge.close()
+            raise
+        try:
+            yield
+        finally:
+            await bridge.endpoint.close()
+            await bridge.router.close()
+            await bridge.close()
 
     return ctx
 
 
-def _watch_sessions(inner: Any, bridge: Bridge) -> Any:
-    """ASGI layer: bind new session ids to their agent and count open GET streams."""
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        # The first value, as aiohttp and the SDK (Starlette) read it.
-        raw_sid = next((v for k, v in scope["headers"] if k == b"mcp-session-id"), b"")
-        sid = raw_sid.decode() or None
-        agent = scope.get("lighthouse.agent")
-
-        async def watch_send(message: Any) -> None:
-            if message["type"] == "http.response.start" and sid is None and agent:
-                new = dict(message.get("headers", [])).get(b"mcp-session-id")
-                if new and message["status"] < 400:
-                    bridge.presence.claim(new.decode(), agent)
-            await send(message)
-
-        streaming = scope["method"] == "GET" and sid is not None
-        ending = bridge.presence.get(sid) if scope["method"] == "DELETE" else None
-        if ending is not None:
-            ending.ending = True
-        if streaming:
-            bridge.presence.stream_opened(sid)
-        try:
-            await inner(scope, receive, watch_send)
-        finally:
-            if streaming:
-                bridge.presence.stream_closed(sid)
-                if scope["extensions"][CLIENT_GONE].is_set():
-                    await bridge.router.stream_lost(sid)
-
-    return app
-
-
 async def _mcp(request: web.Request) -> web.StreamResponse:
     bridge = request.app[BRIDGE]
-    assert bridge.mcp_handler is not None
-    return await bridge.mcp_handler.handle(request)
+    assert bridge.endpoint is not None
+    return await bridge.endpoint.handle(request, request[AGENT])
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -323,14 +301,14 @@ async def _on_shutdown(app: web.Application) -> None:
     """Stop routing to elicitation, let asks in flight finish (up to the grace period),
     then end the streams still open; the store is flushed by the cleanup context."""
     bridge = app.get(BRIDGE)
-    if bridge is None or bridge.mcp_handler is None:
+    if bridge is None or bridge.endpoint is None:
         return
     bridge.router.draining = True
     loop = asyncio.get_running_loop()
     deadline = loop.time() + bridge.settings.shutdown_grace_s / 2
     while bridge.router.waiting_callers() and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    await bridge.mcp_handler.on_shutdown(app)
+    bridge.endpoint.end_streams()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

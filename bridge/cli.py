@@ -138,6 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ip_rate_per_s=args.ip_rate,
             ip_burst=args.ip_burst,
             max_sessions=args.max_sessions,
+            max_sessions_per_agent=args.max_sessions_per_agent,
+            session_idle_timeout_s=args.session_idle_timeout,
             guard_error_rate=args.guard_error_rate,
             guard_p99_ms=args.guard_p99_ms,
             guard_min_samples=args.guard_min_samples,
@@ -356,6 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=10_000,
         help="concurrent MCP sessions (2025 protocol) the bridge keeps",
+    )
+    s.add_argument(
+        "--max-sessions-per-agent",
+        type=int,
+        default=32,
+        help="concurrent MCP sessions one agent may hold (default 32)",
+    )
+    s.add_argument(
+        "--session-idle-timeout",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="end a session with no stream, call or request for S seconds (default 900)",
     )
     s.add_argument(
         "--guard-error-rate",

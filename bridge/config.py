@@ -34,6 +34,9 @@ class Settings:
     key_grace_s: float = 3600.0
     max_body_bytes: int = 1 << 20
     max_sessions: int = 10_000
+    max_sessions_per_agent: int = 32
+    session_idle_timeout_s: float = 900.0
+    request_state_ttl_s: float = 900.0
     trusted_proxies: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     # delivery

@@ -45,6 +45,12 @@ class Metrics:
             ["tool", "outcome"],
             registry=r,
         )
+        self.mcp_errors = Counter(
+            "lighthouse_mcp_errors",
+            "MCP protocol errors answered, by JSON-RPC code",
+            ["code"],
+            registry=r,
+        )
         self.asks = Counter(
             "lighthouse_asks",
             "Completed asks by delivery path and status",

@@ -18,9 +18,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcp.shared.exceptions import MCPError
-from mcp_types.jsonrpc import CONNECTION_CLOSED
-
 from events import NewEvent
 from security import AgentInfo, KeyRegistry
 
@@ -39,6 +36,7 @@ from .domain import (
 )
 from .flags import Flags, FlagState
 from .log import Log
+from .mcp import PushFailed
 from .metrics import Metrics
 from .schema import ContentError, check_content, check_schema
 from .sessions import LiveSession, Presence
@@ -458,10 +456,9 @@ class Router:
         except TimeoutError:
             self.metrics.elicitations.labels("timeout").inc()
             return
-        except (MCPError, OSError, RuntimeError, AttributeError) as exc:
+        except PushFailed as exc:
             self._observe(False, started)
-            closed = isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED
-            gone = closed or self.presence.get(session.session_id) is None
+            gone = exc.gone or self.presence.get(session.session_id) is None
             cause = "session_gone" if gone else "transport_error"
             log.info("elicitation of %s failed (%s): %s", req.request_id, cause, exc)
             await self.fall_back(req, cause)
