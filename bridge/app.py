@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -214,7 +215,6 @@ def create_app(settings: Settings) -> web.Application:
 
     for add_routes in _extensions("add_routes"):
         add_routes(app, bridge_of)
-    app.on_shutdown.append(_on_shutdown)
     return app
 
 
@@ -297,20 +297,6 @@ async def _metrics(request: web.Request) -> web.Response:
     )
 
 
-async def _on_shutdown(app: web.Application) -> None:
-    """Stop routing to elicitation, let asks in flight finish (up to the grace period),
-    then end the streams still open; the store is flushed by the cleanup context."""
-    bridge = app.get(BRIDGE)
-    if bridge is None or bridge.endpoint is None:
-        return
-    bridge.router.draining = True
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bridge.settings.shutdown_grace_s / 2
-    while bridge.router.waiting_callers() and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    bridge.endpoint.end_streams()
-
-
 def _new_loop() -> asyncio.AbstractEventLoop:
     """uvloop where it is installed (a dependency except on Windows): the bridge is bound by
     its event loop, and uvloop takes ~10-25 % off the server CPU per ask."""
@@ -321,21 +307,81 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+_CLOSE_TIMEOUT_S = 0.25
+_CLOSE_RESERVE_S = 1.5  # 2 x the close timeout, the store's final checkpoint, process exit
+
+
 def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; then stop accepting, finish in-flight calls, flush."""
-    web.run_app(
-        create_app(settings),
-        loop=_new_loop(),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace_s,
+    """Run until SIGINT/SIGTERM, then stop as a drain (`stop_gracefully`)."""
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve(settings))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve(settings: Settings) -> None:
+    """aiohttp's `run_app` closes the listener and idle keep-alive connections before its
+    shutdown hooks run, so no answer could reach a stopping bridge. We hold the signal
+    ourselves: the bridge drains while it still serves, and only then closes."""
+    app = create_app(settings)
+    # What is left after the drain (callers still waiting, woken long polls) gets a short
+    # shutdown timeout; aiohttp spends it twice (requests, then connections).
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=_CLOSE_TIMEOUT_S
+    )
+    await runner.setup()
+    try:
         # aiohttp's default accept queue (128) overflowed with 1,000 agents connecting at
         # once (kernel ListenOverflows), and dropped handshakes surfaced as reset POSTs that
         # killed SDK client sessions. uvicorn uses 2048; the kernel caps it at somaxconn.
-        backlog=4096,
-        access_log=None,
-        print=lambda _: print(
+        await web.TCPSite(runner, settings.host, settings.port, backlog=4096).start()
+        print(
             f"lighthouse serving on http://{settings.host}:{settings.port} (store {settings.db})",
             flush=True,
-        ),
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await stop_gracefully(app[BRIDGE], settings.shutdown_grace_s)
+    finally:
+        await runner.cleanup()
+
+
+async def stop_gracefully(bridge: Bridge, grace_s: float) -> dict[str, int]:
+    """A stop is a drain. New asks and sessions are refused (retryable), answers keep
+    arriving; in-flight elicitations get half the grace, then move to the mailbox; asks
+    whose callers still wait get the rest of it. Leaves `_CLOSE_RESERVE_S` for closing, so the
+    process exits within the grace (Kubernetes kills at its end)."""
+    from .admin import run_drain
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, grace_s - _CLOSE_RESERVE_S)
+    router = bridge.router
+    router.stopping = True
+    assert bridge.endpoint is not None
+    bridge.endpoint.closing = True
+    waiting = router.waiting_callers()
+    drained = await run_drain(bridge, max(0.0, (deadline - loop.time()) / 2), "shutdown")
+    while router.waiting_callers() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    report = {
+        "asks_waiting_at_stop": waiting,
+        "elicitations_finished": drained["finished"],
+        "moved_to_mailbox": drained["moved_to_legacy"],
+        "asks_still_waiting": router.waiting_callers(),
+        "requests_left_open": len(bridge.requests.open),
+    }
+    log.warning(
+        "stopped after drain: %(elicitations_finished)d elicitations finished, "
+        "%(moved_to_mailbox)d moved to the mailbox, %(asks_still_waiting)d asks still "
+        "waiting (their callers can re-attach), %(requests_left_open)d requests left open",
+        report,
     )
+    bridge.endpoint.end_streams()
+    bridge.mailboxes.wake_all()
+    return report

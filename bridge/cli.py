@@ -140,6 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_sessions=args.max_sessions,
             max_sessions_per_agent=args.max_sessions_per_agent,
             session_idle_timeout_s=args.session_idle_timeout,
+            shutdown_grace_s=args.shutdown_grace,
             guard_error_rate=args.guard_error_rate,
             guard_p99_ms=args.guard_p99_ms,
             guard_min_samples=args.guard_min_samples,
@@ -364,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=32,
         help="concurrent MCP sessions one agent may hold (default 32)",
+    )
+    s.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGTERM, drain for up to S seconds, then exit (default 10; keep it below "
+        "the orchestrator's kill timeout)",
     )
     s.add_argument(
         "--session-idle-timeout",

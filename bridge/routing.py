@@ -149,6 +149,7 @@ class Router:
         self.default_timeout_s = default_timeout_s
         self.max_timeout_s = max_timeout_s
         self.draining = False
+        self.stopping = False  # this bridge is shutting down: new asks are refused
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.elicitation_observer: Any = None  # the auto-rollback guard (bridge.guard.Guard)
@@ -161,6 +162,8 @@ class Router:
         self, caller: str, to: str, message: str, schema: object, timeout_s: float | None
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        if self.stopping:
+            raise AskError("bridge_stopping: this bridge is shutting down; retry the ask shortly")
         checked = self._check_ask(to, message, schema, timeout_s)
         recipient = self._resolve(caller, to)
         timeout = checked

@@ -347,7 +347,7 @@ class AgentTools:
                     await self._hand_out(agent, call.session_key, items)
                     return {"messages": [i.payload for i in items], "answered": answered}
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or answered:
+                if remaining <= 0 or answered or self.router.stopping:
                     return {"messages": [], "answered": answered}
                 await self.mailboxes.wait_for_change(agent, remaining)
 
