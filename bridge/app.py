@@ -238,6 +238,8 @@ def _bridge_ctx(settings: Settings) -> Any:
                     per_agent=settings.max_sessions_per_agent,
                     total=settings.max_sessions,
                     idle_timeout_s=settings.session_idle_timeout_s,
+                    # a session that never sent `initialized` is given a minute at most
+                    init_timeout_s=min(60.0, settings.session_idle_timeout_s),
                 ),
                 StateSealer(request_state_key, ttl_s=settings.request_state_ttl_s),
                 server_name="lighthouse",
