@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
@@ -36,7 +36,7 @@ class App:
     """Tools: `echo` returns its arguments, `boom` fails, `fail` refuses, `hold` waits,
     `elicit` asks the caller for input (2026-07-28) and reports what came back."""
 
-    specs = [
+    specs: ClassVar[list[ToolSpec]] = [
         ToolSpec(n, f"{n} tool", {"type": "object"})
         for n in ("echo", "boom", "fail", "hold", "elicit")
     ]
@@ -242,7 +242,7 @@ async def test_http_level_refusals(
 async def test_sessions_belong_to_their_agent(served: Any) -> None:
     client, _, _ = served
     sid = await initialize(client, agent="alice")
-    status, body = await post(client, rpc("ping"), **{"Mcp-Session-Id": sid, "X-Agent": "mallory"})
+    status, _body = await post(client, rpc("ping"), **{"Mcp-Session-Id": sid, "X-Agent": "mallory"})
     assert status == 404  # indistinguishable from an unknown session
 
 
@@ -282,7 +282,7 @@ async def read_event(stream: Any) -> dict[str, Any]:
 
 
 async def test_get_stream_push_and_answer(served: Any) -> None:
-    client, app_, endpoint = served
+    client, app_, _endpoint = served
     sid = await initialize(client, caps={"elicitation": {}})
     h = {**JSON, "Mcp-Session-Id": sid}
     stream = await client.get("/mcp", headers=h)
