@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 from aiohttp import web
@@ -100,7 +100,13 @@ class McpEndpoint:
         self.instructions = instructions
         self.list_ttl_ms = list_ttl_ms
         self.server_info = {"name": server_name, "version": server_version}
-        self.capabilities = {"tools": {"listChanged": False}}
+        # Prompts and resources are declared (and listed empty) because clients and the
+        # conformance suite probe them; the bridge offers its work as tools.
+        self.capabilities = {
+            "tools": {"listChanged": False},
+            "prompts": {"listChanged": False},
+            "resources": {"listChanged": False, "subscribe": False},
+        }
         self._tools = {spec.name: spec for spec in tools.specs}
         self._tool_list = [spec.describe() for spec in tools.specs]
         self._streams: dict[str, tuple[web.Request, Session]] = {}
@@ -301,8 +307,9 @@ class McpEndpoint:
         method = message.method
         if method == "ping":
             return {}
-        if method == "tools/list":
-            return {"tools": self._tool_list}
+        listed = self._listing(method, message.args)
+        if listed is not None:
+            return listed
         if method == "tools/call":
             call = self._tool_call(agent, message.args, session.version, session.elicitation)
             call.session = session
@@ -312,8 +319,30 @@ class McpEndpoint:
             return outcome
         raise ProtocolError(
             METHOD_NOT_FOUND,
-            f"method {method!r} not found: this server offers ping, tools/list and tools/call",
+            f"method {method!r} not found: this server offers ping, tools/list, tools/call "
+            "and (empty) prompt and resource listings",
         )
+
+    _LISTS: ClassVar[dict[str, str]] = {
+        "prompts/list": "prompts",
+        "resources/list": "resources",
+        "resources/templates/list": "resourceTemplates",
+    }
+
+    def _listing(self, method: str | None, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Methods both eras share: the tool list, the empty prompt and resource lists, and
+        not-found answers for reads (-32602 with the URI, SEP-2164). None: not one of them."""
+        if method == "tools/list":
+            return {"tools": self._tool_list}
+        key = self._LISTS.get(method or "")
+        if key is not None:
+            return {key: []}
+        if method == "resources/read":
+            uri = params.get("uri")
+            raise ProtocolError(INVALID_PARAMS, f"resource not found: {uri!r}", data={"uri": uri})
+        if method == "prompts/get":
+            raise ProtocolError(INVALID_PARAMS, f"prompt not found: {params.get('name')!r}")
+        return None
 
     # -- GET stream and DELETE -------------------------------------------------------------
 
@@ -429,8 +458,8 @@ class McpEndpoint:
                 "ttlMs": self.list_ttl_ms,
                 "cacheScope": "public",
             }
-        elif method == "tools/list":
-            result = {"tools": self._tool_list, "ttlMs": self.list_ttl_ms, "cacheScope": "public"}
+        elif (listed := self._listing(method, message.args)) is not None:
+            result = {**listed, "ttlMs": self.list_ttl_ms, "cacheScope": "public"}
         elif method == "tools/call":
             result = await self._modern_call(agent, message, envelope)
         elif method in REMOVED_IN_MODERN:
@@ -441,8 +470,8 @@ class McpEndpoint:
         else:
             raise ProtocolError(
                 METHOD_NOT_FOUND,
-                f"method {method!r} not found: this server offers server/discover, tools/list "
-                "and tools/call",
+                f"method {method!r} not found: this server offers server/discover, tools/list, "
+                "tools/call and (empty) prompt and resource listings",
             )
         result.setdefault("resultType", "complete")
         result["_meta"] = {META_SERVER_INFO: self.server_info}

@@ -153,7 +153,7 @@ async def post(client: TestClient, body: str, **headers: str) -> tuple[int, Any]
 def modern(method: str, **params: Any) -> tuple[str, dict[str, str]]:
     meta = {META_PROTOCOL_VERSION: MODERN, META_CLIENT_CAPABILITIES: {}}
     headers = {"MCP-Protocol-Version": MODERN, "Mcp-Method": method}
-    if method == "tools/call":
+    if method in ("tools/call", "prompts/get"):
         headers["Mcp-Name"] = params["name"]
     return rpc(method, {**params, "_meta": meta}), headers
 
@@ -214,7 +214,7 @@ async def test_tool_errors_are_results_and_never_tracebacks(served: Any) -> None
     assert status == 400 and unknown["error"]["code"] == -32602
     status, bad = await post(client, rpc("tools/call", {"name": "echo", "arguments": [1]}, 4), **h)
     assert bad["error"]["code"] == -32602
-    status, missing = await post(client, rpc("resources/list", id_=5), **h)
+    status, missing = await post(client, rpc("completion/complete", id_=5), **h)
     assert status == 404 and missing["error"]["code"] == -32601
 
 
@@ -423,3 +423,24 @@ async def test_modern_notification_is_accepted(served: Any) -> None:
         **{"MCP-Protocol-Version": MODERN},
     )
     assert status == 202
+
+
+async def test_empty_prompt_and_resource_listings_in_both_eras(served: Any) -> None:
+    client, _, _ = served
+    h = {"Mcp-Session-Id": await initialize(client)}
+    for method, key in [
+        ("prompts/list", "prompts"),
+        ("resources/list", "resources"),
+        ("resources/templates/list", "resourceTemplates"),
+    ]:
+        status, got = await post(client, rpc(method, id_=2), **h)
+        assert (status, got["result"]) == (200, {key: []})
+        body, headers = modern(method)
+        _, got = await post(client, body, **headers)
+        assert got["result"][key] == [] and got["result"]["ttlMs"] >= 0
+    status, missing = await post(client, rpc("resources/read", {"uri": "x://y"}, 3), **h)
+    assert (status, missing["error"]["code"]) == (400, -32602)
+    assert missing["error"]["data"] == {"uri": "x://y"}
+    body, headers = modern("prompts/get", name="nope")
+    status, missing = await post(client, body, **headers)
+    assert (status, missing["error"]["code"]) == (400, -32602)
