@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from security import RequestView
+from security import AdminAuthResult, ConsoleSession, ConsoleSessions, RequestView
 
 from .domain import ADMIN_AUTH_FAILED, AUTH_REJECTED, RATE_LIMITED, SECURITY_STREAM
 
@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AGENT = web.RequestKey("lighthouse_agent", str)
+OPERATOR = web.RequestKey("lighthouse_operator", str)
+"""Who made an admin call through the console (`console:<name>`), set by `admin_auth`."""
+CONSOLE_SESSIONS = web.AppKey("console_sessions", ConsoleSessions)
+CONSOLE_COOKIE = "lh_console"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 log = logging.getLogger("lighthouse.security")
 
 
@@ -161,8 +167,35 @@ async def _reject(
     return _refuse(status, public or reason, error=error)
 
 
+def console_session(request: web.Request) -> ConsoleSession | None:
+    """The console session named by the request's cookie, if it is live."""
+    sessions = request.app.get(CONSOLE_SESSIONS)
+    return None if sessions is None else sessions.get(request.cookies.get(CONSOLE_COOKIE))
+
+
+async def refuse_admin(
+    bridge: Bridge, remote: str, result: AdminAuthResult, path: str
+) -> web.Response:
+    """Count, record (unless throttled: a blocked client cannot flood the log) and refuse."""
+    bridge.metrics.admin_auth_failures.inc()
+    if result.reason != "throttled":
+        await _record(
+            bridge,
+            ADMIN_AUTH_FAILED,
+            {"remote": remote, "reason": result.reason, "path": path, "agent": None},
+        )
+    headers = {"Retry-After": str(int(result.retry_after) + 1)} if result.retry_after else None
+    error = "forbidden" if result.status == 403 else "unauthorized"
+    return _refuse(result.status, result.reason or "invalid_token", headers, error=error)
+
+
 def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
-    """Bearer token on `/feature_flags` and `/admin/…`; agent keys never grant these."""
+    """Bearer token on `/feature_flags` and `/admin/…`; agent keys never grant these.
+
+    A console session cookie (see `bridge.console`) stands in for the token when no
+    `Authorization` header is sent; a state-changing call must then also carry the
+    session's CSRF token and an Origin (which `bridge.origin` has already checked).
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -172,31 +205,24 @@ def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
         remote = client_address(request, bridge.settings.trusted_proxies)
         origin = bridge.origin.check(request.host, request.headers.get("Origin"))
         if origin is not None:
-            bridge.metrics.admin_auth_failures.inc()
-            await _record(
-                bridge,
-                ADMIN_AUTH_FAILED,
-                {"remote": remote, "reason": origin.reason, "path": request.path, "agent": None},
-            )
-            return _refuse(origin.status, origin.reason, error="forbidden")
+            refused = AdminAuthResult(False, origin.status, origin.reason)
+            return await refuse_admin(bridge, remote, refused, request.path)
+        session = None if "Authorization" in request.headers else console_session(request)
+        if session is not None:
+            if request.method not in _SAFE_METHODS:
+                reason = None
+                if request.headers.get("Origin") is None:
+                    reason = "missing_origin"
+                elif not ConsoleSessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
+                    reason = "csrf_failed"
+                if reason is not None:
+                    refused = AdminAuthResult(False, 403, reason)
+                    return await refuse_admin(bridge, remote, refused, request.path)
+            request[OPERATOR] = f"console:{session.operator}"
+            return await handler(request)
         result = bridge.admin.check(remote, request.headers.get("Authorization"))
         if not result.ok:
-            bridge.metrics.admin_auth_failures.inc()
-            if result.reason != "throttled":  # a blocked client cannot flood the log
-                await _record(
-                    bridge,
-                    ADMIN_AUTH_FAILED,
-                    {
-                        "remote": remote,
-                        "reason": result.reason,
-                        "path": request.path,
-                        "agent": None,
-                    },
-                )
-            headers = (
-                {"Retry-After": str(int(result.retry_after) + 1)} if result.retry_after else None
-            )
-            return _refuse(result.status, result.reason or "invalid_token", headers)
+            return await refuse_admin(bridge, remote, result, request.path)
         return await handler(request)
 
     return middleware
