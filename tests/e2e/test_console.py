@@ -146,7 +146,16 @@ def test_wrong_token_is_refused_and_a_good_one_signs_in(
     expect(page.get_by_role("alert")).to_contain_text("invalid_token")
     [failed] = store_events(bridge, ["AdminAuthFailed"])
     assert failed.data["path"] == "/console/session"
-    sign_in(page, bridge)
+    # Keyboard only: the name field has focus, Tab reaches the token, Enter submits.
+    page.get_by_label("Your name").fill("")
+    page.get_by_label("Your name").focus()
+    page.keyboard.type("ann")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Admin token")).to_be_focused()
+    page.keyboard.type(bridge.admin_token)
+    page.keyboard.press("Enter")
+    expect(page.locator("#who")).to_contain_text("Signed in as ann")
+    expect(page.get_by_role("heading", level=1)).to_be_focused()
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["lh_console"]["httpOnly"] and cookies["lh_console"]["sameSite"] == "Strict"
     assert page.evaluate("document.cookie") == ""  # not readable by scripts

@@ -69,7 +69,7 @@ function showSignIn(message) {
   });
   clear(document.getElementById("main"), form);
   if (message) announce(message, "warn");
-  token.focus();
+  name.focus();
 }
 
 function signedIn() {
