@@ -39,18 +39,35 @@ CHROMIUM_ARGS = [
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
-expect: Any = pytest.importorskip("playwright.sync_api").expect
+_sync_api: Any = pytest.importorskip("playwright.sync_api")
+expect, sync_playwright = _sync_api.expect, _sync_api.sync_playwright
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """pytest-playwright's browser, but the system Chromium: nothing is downloaded."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """The system Chromium, driven by Playwright's sync API for this module only.
+
+    Not pytest-playwright's session-wide fixtures: the sync API keeps an event loop marked
+    running in the main thread while it is alive, which would break every asyncio test
+    that runs after this module; stopping it at the module's end hands the thread back.
+    """
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]:
-    return {**browser_context_args, "viewport": {"width": 1280, "height": 800}}
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies) per test, on a laptop-sized screen."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(15_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 @pytest.fixture(scope="module")
