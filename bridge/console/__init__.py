@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from security import AdminAuthResult, ConsoleSessions
+from security import ConsoleSessions
 
 from ..auth import (
     CONSOLE_COOKIE,
@@ -107,8 +107,7 @@ def add_console_routes(app: web.Application, bridge_of: Callable[[web.Request], 
         remote = client_address(request, bridge.settings.trusted_proxies)
         refused = origin_refusal(request, bridge)
         if refused is not None:
-            result = AdminAuthResult(False, 403, refused)
-            return await refuse_admin(bridge, remote, result, request.path)
+            return await refuse_admin(bridge, remote, request.path, refused, 403)
         try:
             body = json.loads(await request.read() or b"{}")
         except ValueError:
@@ -126,7 +125,11 @@ def add_console_routes(app: web.Application, bridge_of: Callable[[web.Request], 
             )
         result = bridge.admin.check(remote, f"Bearer {token}" if token else None)
         if not result.ok:
-            return await refuse_admin(bridge, remote, result, request.path)
+            reason = result.reason or "invalid_token"
+            path = request.path
+            return await refuse_admin(
+                bridge, remote, path, reason, result.status, result.retry_after
+            )
         cookie, session = sessions.open(operator)
         await bridge.log.record(
             SECURITY_STREAM,
@@ -175,8 +178,7 @@ def add_console_routes(app: web.Application, bridge_of: Callable[[web.Request], 
             refused = "csrf_failed"
         if refused is not None:
             remote = client_address(request, bridge.settings.trusted_proxies)
-            result = AdminAuthResult(False, 403, refused)
-            return await refuse_admin(bridge, remote, result, request.path)
+            return await refuse_admin(bridge, remote, request.path, refused, 403)
         sessions.close(request.cookies.get(CONSOLE_COOKIE))
         await bridge.log.record(
             SECURITY_STREAM,
