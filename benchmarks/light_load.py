@@ -73,6 +73,7 @@ from benchmarks._procs import (  # noqa: E402
     cpu_s,
     register_agents,
     rss_kb,
+    runq_wait_s,
     wait_http,
 )
 from benchmarks._report import format_table, machine_info, percentile, write_json  # noqa: E402
@@ -87,7 +88,7 @@ SCHEMA: dict[str, Any] = {
 }
 ANSWER = {"answer": "42"}
 ASK_TIMEOUT_S = 10.0
-STREAM_HEAD_TIMEOUT_S = 40.0  # the bridge may hold a GET's head until its 15 s keep-alive
+STREAM_HEAD_TIMEOUT_S = 90.0  # the bridge may hold a GET's head until its 15 s keep-alive
 CLIENT_INFO = {"name": "light-load", "version": "1"}
 ELICITATION_CAPS = {"elicitation": {"form": {}}}
 _ENCODE = msgspec.json.Encoder().encode
@@ -887,6 +888,13 @@ class Server:
         values = [cpu_s(p) for p in server_pids(self.pid)]
         return sum(v for v in values if v is not None)
 
+    def runq(self) -> float | None:
+        """Seconds the server's main threads waited for a CPU while runnable."""
+        if self.pid is None:
+            return None
+        values = [runq_wait_s(p) for p in server_pids(self.pid)]
+        return sum(v for v in values if v is not None)
+
     def rss(self) -> int | None:
         if self.pid is None:
             return None
@@ -941,13 +949,13 @@ def run_cell(
             w.send(f"go {t0}")
         measure_from, end = t0 + warmup, t0 + warmup + args.duration
         rss_peak = rss_start or 0
-        cpu_from = cpu_to = None
+        cpu_from = cpu_to = runq_from = runq_to = None
         while time.time() < end + 0.2:
             now = time.time()
             if cpu_from is None and now >= measure_from:
-                cpu_from = server.cpu()
+                cpu_from, runq_from = server.cpu(), server.runq()
             if cpu_to is None and now >= end:
-                cpu_to = server.cpu()
+                cpu_to, runq_to = server.cpu(), server.runq()
             rss_peak = max(rss_peak, server.rss() or 0)
             time.sleep(min(0.25, max(0.005, (measure_from if cpu_from is None else end) - now)))
         results = [w.read(warmup + args.duration + args.grace + 90) for w in workers]
@@ -966,6 +974,8 @@ def run_cell(
         answerer_errors.update(r["answerer_errors"])
         connect_errors.update(r["connect_errors"])
     ok = sum(r["ok"] for r in results)
+    late = sum(r["late"] for r in results)
+    completed = ok + late  # open loop: a late ask was still served; the server's work counts
     server_cpu = cpu_to - cpu_from if cpu_from is not None and cpu_to is not None else None
     client_cpu = sum(r["cpu_s"] for r in results)
     cell = {
@@ -980,50 +990,66 @@ def run_cell(
         "duration_s": args.duration,
         "warmup_s": warmup,
         "ok": ok,
-        "late": sum(r["late"] for r in results),
+        "late": late,
         "errors": sum(errors.values()) + sum(connect_errors.values()),
         "error_kinds": dict(errors),
         "connect_errors": dict(connect_errors),
         "answerer_errors": dict(answerer_errors),
         "error_examples": {k: v for r in results for k, v in r["error_examples"].items()},
-        "asks_per_s": round(ok / args.duration, 1),
+        "asks_per_s": round(completed / args.duration, 1),
         "p50_ms": _round(percentile(latencies, 50)),
         "p99_ms": _round(percentile(latencies, 99)),
         "max_ms": _round(latencies[-1]) if latencies else None,
         "server_cpu_pct": round(100 * server_cpu / args.duration, 1)
         if server_cpu is not None
         else None,
-        "server_cpu_ms_per_ask": round(1000 * server_cpu / ok, 3)
-        if server_cpu is not None and ok
+        "server_runqueue_wait_pct": round(100 * (runq_to - runq_from) / args.duration, 1)
+        if runq_from is not None and runq_to is not None
+        else None,
+        "server_cpu_ms_per_ask": round(1000 * server_cpu / completed, 3)
+        if server_cpu is not None and completed
         else None,
         "client_processes": len(workers),
         "client_cpu_pct": round(100 * client_cpu / (warmup + args.duration), 1),
         "client_cpu_ms_per_ask": round(
-            1000 * client_cpu / ok * args.duration / (warmup + args.duration), 3
+            1000 * client_cpu / completed * args.duration / (warmup + args.duration), 3
         )
-        if ok
+        if completed
         else None,
         "server_rss_kb_start": rss_start,
         "server_rss_kb_peak": rss_peak,
         "loadavg_after": list(os.getloadavg()),
     }
+    if spy is not None:
+        out = _profile_path(_profile_key(name, server), args)
+        cell["profile"] = {**profile_summary(out), "file": str(out)}
     print(
         f"    {cell['asks_per_s']} asks/s, p50 {_fmt(cell['p50_ms'])} ms, "
         f"p99 {_fmt(cell['p99_ms'])} ms, errors {cell['errors']} {cell['error_kinds'] or ''}"
-        f", server {cell['server_cpu_ms_per_ask']} ms/ask ({cell['server_cpu_pct']}%), "
+        f", server {cell['server_cpu_ms_per_ask']} ms/ask ({cell['server_cpu_pct']}% CPU, "
+        f"{cell['server_runqueue_wait_pct']}% waiting for one), "
         f"client {cell['client_cpu_pct']}%",
         flush=True,
     )
     return cell
 
 
+def _profile_key(name: str, server: Server) -> str:
+    return f"bare:{name}" if server.bare else name
+
+
+def _profile_path(key: str, args: argparse.Namespace) -> Path:
+    return args.out.parent / f"light_load-profile-{key.replace('@', '-').replace(':', '-')}.txt"
+
+
 def _profile(
     name: str, server: Server, args: argparse.Namespace, warmup: float, logdir: Path
 ) -> subprocess.Popen[Any] | None:
-    if name not in args.profile or server.pid is None:
+    if _profile_key(name, server) not in args.profile or server.pid is None:
         return None
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    out = args.out.parent / f"light_load-profile-{name}.txt"
+    out = _profile_path(_profile_key(name, server), args)
+    out.parent.mkdir(parents=True, exist_ok=True)
     print(f"    py-spy top-down → {out}", flush=True)
     return subprocess.Popen(
         [
@@ -1042,6 +1068,48 @@ def _profile(
         stdout=subprocess.DEVNULL,
         stderr=open(logdir / f"py-spy-{name}.log", "w"),
     )
+
+
+def _frame_owner(frame: str) -> str:
+    """Who a py-spy frame `func (path:line)` belongs to: a package, our layer, or stdlib."""
+    path = frame.rpartition(" (")[2]
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1].split("/", 1)[0].split(".", 1)[0]
+    for ours in ("bridge", "security", "events"):
+        if path.startswith(f"{ours}/") or f"/{ours}/" in path:
+            return ours
+    if "/asyncio/" in path:
+        return "asyncio"
+    return "python-stdlib/other"
+
+
+def profile_summary(path: Path, top: int = 15) -> dict[str, Any]:
+    """Where the sampled server time went, from py-spy's raw folded stacks: the share of
+    samples spent under each package (inclusive, a stack counted once per package) and
+    the hottest leaf functions (self time)."""
+    inclusive: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    total = 0
+    with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            frames = [f for f in stack.split(";") if " (" in f]
+            total += n
+            for owner in {_frame_owner(f) for f in frames}:
+                inclusive[owner] += n
+            if frames:
+                leaf[frames[-1]] += n
+    pct = {k: round(100 * v / total, 1) for k, v in inclusive.most_common()} if total else {}
+    return {
+        "samples": total,
+        "inclusive_pct_by_owner": pct,
+        "top_self_pct": {k: round(100 * v / total, 1) for k, v in leaf.most_common(top)}
+        if total
+        else {},
+    }
 
 
 def _round(v: float | None, digits: int = 3) -> float | None:
@@ -1098,6 +1166,11 @@ def run_idle(
             "server_rss_kb_before": rss_before,
             "server_rss_kb_with_idle": rss_after,
             "server_kb_per_session": round((rss_after - rss_before) / connected, 1)
+            if connected and rss_after and rss_before
+            else None,
+            "projected_server_rss_mb_at_10000": round(
+                (rss_before + (rss_after - rss_before) / connected * 10_000) / 1024, 1
+            )
             if connected and rss_after and rss_before
             else None,
             "server_cpu_ms_per_session_setup": round(1000 * (cpu_after - cpu_before) / connected, 2)
@@ -1185,6 +1258,9 @@ def judge(cells: list[dict[str, Any]], idle: dict[str, Any]) -> list[dict[str, A
         if idle["connected"] < 10_000:
             row["met"] = None  # fewer than the issue's 10,000 sessions: not judged
         out.append(row)
+        if idle["connected"] < 10_000 and idle.get("projected_server_rss_mb_at_10000"):
+            projected = idle["projected_server_rss_mb_at_10000"]
+            out.append(_target("projected RSS at 10,000 ≤ 600 MB", "idle", projected, 600))
     return out
 
 
@@ -1203,6 +1279,7 @@ def _print_report(
         "errors",
         "srv ms/ask",
         "srv cpu%",
+        "srv runq%",
         "cli cpu%",
         "cli procs",
         "srv RSS MB",
@@ -1220,6 +1297,7 @@ def _print_report(
             c["errors"],
             _fmt(c["server_cpu_ms_per_ask"], 3),
             c["server_cpu_pct"],
+            c.get("server_runqueue_wait_pct"),
             c["client_cpu_pct"],
             c["client_processes"],
             _fmt((c["server_rss_kb_peak"] or 0) / 1024, 1),
@@ -1303,8 +1381,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         metavar="CELL",
-        help="py-spy record the server during these cells (e.g. push@100); raw folded "
-        "stacks land beside --out",
+        help="py-spy record the server during these cells (e.g. push@100, bare:push@100); "
+        "raw folded stacks land beside --out, a summary in the cell's JSON",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
