@@ -940,9 +940,10 @@ def run_cell(
         )
         for i, chunk in enumerate(chunks(pairs, args.workers))
     ]
-    spy = _profile(name, server, args, warmup, logdir)
+    spy = None
     try:
         ready = [w.read(args.connect_timeout) for w in workers]
+        spy = _profile(name, server, args, warmup, logdir)  # after set-up: asks only
         rss_start = server.rss()
         t0 = time.time() + 0.3
         for w in workers:
@@ -1070,24 +1071,30 @@ def _profile(
     )
 
 
+_STDLIB = frozenset(sys.stdlib_module_names)
+
+
 def _frame_owner(frame: str) -> str:
-    """Who a py-spy frame `func (path:line)` belongs to: a package, our layer, or stdlib."""
-    path = frame.rpartition(" (")[2]
-    if "site-packages/" in path:
-        return path.split("site-packages/", 1)[1].split("/", 1)[0].split(".", 1)[0]
-    for ours in ("bridge", "security", "events"):
-        if path.startswith(f"{ours}/") or f"/{ours}/" in path:
-            return ours
-    if "/asyncio/" in path:
+    """Who a py-spy frame `func (pkg/module.py:line)` belongs to: a package, or stdlib."""
+    path = frame.rpartition(" (")[2].rsplit(":", 1)[0]
+    top = path.split("/", 1)[0] if "/" in path else path.removesuffix(".py")
+    if top == "asyncio":
         return "asyncio"
-    return "python-stdlib/other"
+    if top in _STDLIB or top.startswith("<"):
+        return "stdlib"
+    return top
 
 
 def profile_summary(path: Path, top: int = 15) -> dict[str, Any]:
-    """Where the sampled server time went, from py-spy's raw folded stacks: the share of
-    samples spent under each package (inclusive, a stack counted once per package) and
-    the hottest leaf functions (self time)."""
+    """Where the sampled server CPU went, from py-spy's raw folded stacks.
+
+    `self_pct_by_owner` gives each sample to the innermost frame that is not stdlib or
+    asyncio (so json/hmac work lands on whoever called it); `inclusive_pct_by_owner`
+    counts a sample once for every package on its stack, below the entry frames up to
+    aiohttp's `run_app`; `top_self_pct` names the hottest innermost functions.
+    """
     inclusive: Counter[str] = Counter()
+    owner_self: Counter[str] = Counter()
     leaf: Counter[str] = Counter()
     total = 0
     with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as fh:
@@ -1097,18 +1104,26 @@ def profile_summary(path: Path, top: int = 15) -> dict[str, Any]:
                 continue
             n = int(count)
             frames = [f for f in stack.split(";") if " (" in f]
+            entry = max((k for k, f in enumerate(frames) if f.startswith("run_app ")), default=-1)
+            frames = frames[entry + 1 :]
             total += n
-            for owner in {_frame_owner(f) for f in frames}:
+            owners = [_frame_owner(f) for f in frames]
+            for owner in set(owners):
                 inclusive[owner] += n
-            if frames:
-                leaf[frames[-1]] += n
-    pct = {k: round(100 * v / total, 1) for k, v in inclusive.most_common()} if total else {}
+            inner = next((o for o in reversed(owners) if o not in ("stdlib", "asyncio")), None)
+            owner_self[inner or (owners[-1] if owners else "event loop")] += n
+            leaf[frames[-1] if frames else "event loop"] += n
+
+    def pct(counter: Counter[str], k: int | None = None) -> dict[str, float]:
+        return {key: round(100 * v / total, 1) for key, v in counter.most_common(k)}
+
+    if not total:
+        return {"samples": 0}
     return {
         "samples": total,
-        "inclusive_pct_by_owner": pct,
-        "top_self_pct": {k: round(100 * v / total, 1) for k, v in leaf.most_common(top)}
-        if total
-        else {},
+        "self_pct_by_owner": pct(owner_self),
+        "inclusive_pct_by_owner": pct(inclusive),
+        "top_self_pct": pct(leaf, top),
     }
 
 
@@ -1397,7 +1412,13 @@ def main(argv: list[str] | None = None) -> int:
     logdir = workdir / "logs"
     logdir.mkdir()
     idle_n = args.idle if "idle" in args.cells else 0
-    max_pairs = max([*args.pairs, args.open_pairs, args.idle_pairs if idle_n else 0])
+    max_pairs = max(
+        [
+            *args.pairs,
+            args.open_pairs if "open" in args.cells else 0,
+            args.idle_pairs if idle_n else 0,
+        ]
+    )
     serve_args = (
         *("--rate", "1000000", "--burst", "1000000"),
         *("--ip-rate", "1000000", "--ip-burst", "1000000"),
