@@ -906,7 +906,8 @@ def _source_for_pair(i: int) -> str:
     return f"127.1.{i // 250}.{i % 250 + 1}"
 
 
-def _source_for_idle(j: int, per_address: int = 2000) -> str:
+def _source_for_idle(j: int, per_address: int = 200) -> str:
+    """Idle sessions spread over addresses, below the bridge's per-address connection cap."""
     return f"127.3.0.{j // per_address + 1}"
 
 
