@@ -45,7 +45,9 @@ class Completed:
     stderr: str
 
 
-async def run_node(*args: str | Path, home: Path, timeout: float) -> Completed:
+async def run_node(
+    *args: str | Path, home: Path, timeout: float, stdin: bytes | None = None
+) -> Completed:
     """Run `node ARGS` in `home` without blocking the event loop (the signing proxy
     shares it). `home` is also `$HOME`, so no developer's npm or Inspector config is
     read and nothing is written outside it."""
@@ -53,13 +55,13 @@ async def run_node(*args: str | Path, home: Path, timeout: float) -> Completed:
         str(require_node()),
         *map(str, args),
         cwd=home,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "NO_COLOR": "1"},
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except TimeoutError:
         proc.kill()
         out, err = await proc.communicate()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class ProxiedRequest:
     path: str
     host: str | None
     origin: str | None
+    protocol_version: str | None
+    mcp_method: str | None
+    rpc_method: str | None  # `method` of a JSON-RPC request or notification body
     status: int
 
 
@@ -107,7 +111,16 @@ class SigningProxy:
         )
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A client hanging up cancels its handler, which closes the upstream request:
+        # the bridge sees the disconnect as it would without the proxy (a GET stream
+        # the judge dropped must not stay open on the bridge).
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=2.0,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -194,6 +207,9 @@ class SigningProxy:
                     request.rel_url.raw_path,
                     headers.get("Host"),
                     headers.get("Origin"),
+                    headers.get("MCP-Protocol-Version"),
+                    headers.get("Mcp-Method"),
+                    _rpc_method(body),
                     upstream.status,
                 )
             )
@@ -211,6 +227,15 @@ class SigningProxy:
                     await response.write(chunk)
                 await response.write_eof()
             return response
+
+
+def _rpc_method(body: bytes) -> str | None:
+    try:
+        message = json.loads(body) if body else None
+    except ValueError:
+        return None
+    method = message.get("method") if isinstance(message, dict) else None
+    return method if isinstance(method, str) else None
 
 
 async def _serve(args: argparse.Namespace) -> None:

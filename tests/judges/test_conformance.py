@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.judges.conformance import PASS, RUNS, compare, load_baseline, run_all
+from tests.judges.conformance import PASS, RUNS, check_keys, compare, load_baseline, run_all
 from tests.judges.signing_proxy import SigningProxy
 
 pytestmark = pytest.mark.judges
@@ -42,3 +42,27 @@ async def test_conformance_suite_keeps_the_baseline(proxy: SigningProxy, home: P
     # signature problem would show as 401s here and as failures above).
     statuses = {r.status for r in proxy.log}
     assert len(proxy.log) > 100 and 401 not in statuses
+
+
+def test_compare_finds_regressions_new_passes_and_gone_checks() -> None:
+    ok = {"status": PASS, "message": ""}
+    bad = {"status": "FAILURE", "message": "nope"}
+    baseline = {"r": {"s": {"a": ok, "b": bad, "c": ok}}}
+    now = {"r": {"s": {"a": bad, "b": ok, "d": ok}}}
+    result = compare(baseline, now)
+    assert result.regressions == ["r s: a: FAILURE (nope)", "r s: c: missing"]
+    assert result.newly_passing == ["r s: b: FAILURE -> SUCCESS"]
+    assert result.unbaselined == ["r s: d = SUCCESS"]
+
+
+def test_repeated_check_ids_get_distinct_keys() -> None:
+    checks = [
+        {"id": "x", "name": "N", "status": PASS},
+        {"id": "x", "name": "N", "status": "FAILURE", "errorMessage": "e"},
+        {"id": "x", "name": "M", "status": PASS},
+    ]
+    assert check_keys(checks) == {
+        "x N": {"status": PASS, "message": ""},
+        "x N #2": {"status": "FAILURE", "message": "e"},
+        "x M": {"status": PASS, "message": ""},
+    }
