@@ -70,5 +70,6 @@ async def run_node(
             f"stdout: {out.decode(errors='replace')[-2000:]}\n"
             f"stderr: {err.decode(errors='replace')[-2000:]}"
         ) from None
-    decode = lambda b: b.decode(errors="replace")  # noqa: E731
-    return Completed(proc.returncode or 0, decode(out), decode(err))
+    return Completed(
+        proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+    )
