@@ -136,6 +136,15 @@ class Flags:
             log.exception("flag evaluation failed; routing %s to legacy", agent)
             return False
 
+    def public(self) -> dict[str, Any]:
+        """What `/health` may show anyone who can reach it: the global switch and rollout,
+        not per-agent overrides or who changed them (those are for `/feature_flags`)."""
+        return {
+            "elicitation_enabled": self.state.elicitation_enabled,
+            "rollout_percent": self.state.rollout_percent,
+            "version": self.version,
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             **self.state.to_dict(),
