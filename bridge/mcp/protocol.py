@@ -159,15 +159,20 @@ def modern_envelope(message: Message, headers: Mapping[str, str]) -> Envelope:
 
 
 def check_session_version(header: str | None, negotiated: str) -> None:
-    """Later requests of a session name its negotiated version (or none, for old clients)."""
-    if header is not None and header != negotiated:
-        if header not in SUPPORTED_VERSIONS:
-            raise unsupported(header)
+    """Later requests of a session name a handshake-era version, or none (old clients).
+
+    We do not insist on the negotiated one: clients in the field (and the conformance
+    suite) send 2025-03-26 on sessions negotiated later, and the official SDK serves them;
+    a version we do not know, or a 2026-07-28 request carrying a session, is refused."""
+    if header is None or header in HANDSHAKE_VERSIONS:
+        return
+    if header in MODERN_VERSIONS:
         raise ProtocolError(
             INVALID_REQUEST,
-            f"{PROTOCOL_VERSION_HEADER} {header!r} does not match this session's negotiated "
-            f"version {negotiated!r}",
+            f"{PROTOCOL_VERSION_HEADER} {header!r} has no sessions: drop {SESSION_HEADER} "
+            f"(this session negotiated {negotiated!r})",
         )
+    raise unsupported(header)
 
 
 def is_modern_request(version_header: str | None) -> bool:

@@ -57,6 +57,7 @@ from .wire import (
     ProtocolError,
     RequestId,
     decode_message,
+    encode,
     error_message,
     result_message,
 )
@@ -72,6 +73,8 @@ _SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 _JSON = "application/json"
+META_SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+_LIST_CHANGES = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -109,7 +112,10 @@ class McpEndpoint:
         }
         self._tools = {spec.name: spec for spec in tools.specs}
         self._tool_list = [spec.describe() for spec in tools.specs]
-        self._streams: dict[str, tuple[web.Request, Session]] = {}
+        # Every open SSE stream (GET streams and listen streams): its request, for the
+        # sweeper, and the queue its handler writes from.
+        self._streams: dict[int, tuple[web.Request, asyncio.Queue[bytes]]] = {}
+        self._listening: dict[str, int] = {}  # agent -> open subscriptions/listen streams
         self._sweeper: asyncio.Task[None] | None = None
         self.closing = False
 
@@ -129,25 +135,48 @@ class McpEndpoint:
             await self._end(session, "shutdown")
 
     def end_streams(self) -> None:
-        """Close every open GET stream (clients reconnect elsewhere); sessions stay."""
-        for _, session in list(self._streams.values()):
-            if session.stream is not None:
-                session.stream.put_nowait(END_STREAM)
+        """Close every open stream (clients reconnect elsewhere); sessions stay."""
+        for _, queue in list(self._streams.values()):
+            queue.put_nowait(END_STREAM)
 
     async def _sweep(self) -> None:
         next_idle_check = 0.0
         while True:
             await asyncio.sleep(SWEEP_S)
-            for request, session in list(self._streams.values()):
+            for request, queue in list(self._streams.values()):
                 transport = request.transport
-                if (transport is None or transport.is_closing()) and session.stream is not None:
-                    session.stream.put_nowait(CLIENT_GONE)
+                if transport is None or transport.is_closing():
+                    queue.put_nowait(CLIENT_GONE)
             now = time.monotonic()
             if now >= next_idle_check:
                 next_idle_check = now + 5.0
                 for session in self.sessions.expired(now):
                     log.info("session %s of %s expired", session.id, session.agent)
                     await self._end(session, "expired")
+
+    async def _pump(
+        self, request: web.Request, response: web.StreamResponse, queue: asyncio.Queue[bytes]
+    ) -> bool:
+        """Write what arrives on `queue` as SSE events, with keep-alive comments, until
+        the stream is ended (False) or its client is gone (True)."""
+        self._streams[id(queue)] = (request, queue)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(KEEPALIVE_S):
+                        data = await queue.get()
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if data == END_STREAM:
+                    return False
+                if data == CLIENT_GONE:
+                    return True
+                await response.write(b"event: message\ndata: " + data + b"\n\n")
+        except (ConnectionError, RuntimeError):  # aiohttp's ClientConnectionResetError too
+            return True
+        finally:
+            self._streams.pop(id(queue), None)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -377,29 +406,15 @@ class McpEndpoint:
         session.stream = queue
         session.touch()
         response = web.StreamResponse(headers={**_SSE_HEADERS, SESSION_HEADER: session.id})
-        client_gone = False
-        self._streams[session.id] = (request, session)
+        client_gone = True
         self.hooks.stream_opened(session)
         try:
             await response.prepare(request)
             await response.write(b": stream open\n\n")
-            while True:
-                try:
-                    async with asyncio.timeout(KEEPALIVE_S):
-                        data = await queue.get()
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                if data == END_STREAM:
-                    break
-                if data == CLIENT_GONE:
-                    client_gone = True
-                    break
-                await response.write(b"event: message\ndata: " + data + b"\n\n")
-        except (ConnectionError, RuntimeError):  # aiohttp's ClientConnectionResetError too
+            client_gone = await self._pump(request, response, queue)
+        except (ConnectionError, RuntimeError):
             client_gone = True
         finally:
-            self._streams.pop(session.id, None)
             session.stream = None
             session.touch()
             if client_gone and not session.ending:
@@ -462,6 +477,8 @@ class McpEndpoint:
             result = {**listed, "ttlMs": self.list_ttl_ms, "cacheScope": "public"}
         elif method == "tools/call":
             result = await self._modern_call(agent, message, envelope)
+        elif method == "subscriptions/listen":
+            return await self._listen(request, agent, message)
         elif method in REMOVED_IN_MODERN:
             raise ProtocolError(
                 METHOD_NOT_FOUND,
@@ -476,6 +493,59 @@ class McpEndpoint:
         result.setdefault("resultType", "complete")
         result["_meta"] = {META_SERVER_INFO: self.server_info}
         return _json(result_message(message.request_id, result))
+
+    async def _listen(
+        self, request: web.Request, agent: str, message: Message
+    ) -> web.StreamResponse:
+        """A `subscriptions/listen` stream: acknowledged with the list-change kinds we
+        honour, then held open. Our lists never change, so nothing more is sent until it
+        ends: a final result when the bridge stops, nothing when the client leaves."""
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            raise ProtocolError(
+                INVALID_REQUEST, "subscriptions/listen answers with text/event-stream", status=406
+            )
+        wanted = message.args.get("notifications", {})
+        if not isinstance(wanted, dict):
+            raise ProtocolError(INVALID_PARAMS, "notifications must be an object of flags")
+        held = self._listening.get(agent, 0)
+        if held >= self.sessions.per_agent:
+            raise ProtocolError(
+                INVALID_REQUEST,
+                f"agent {agent!r} already holds {held} listen streams: close one",
+                status=429,
+            )
+        honored = {k: True for k in _LIST_CHANGES if wanted.get(k) is True}
+        meta = {META_SUBSCRIPTION_ID: message.request_id}
+        ack = {
+            "jsonrpc": "2.0",
+            "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": honored, "_meta": meta},
+        }
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue.put_nowait(encode(ack))
+        self._listening[agent] = held + 1
+        try:
+            await response.prepare(request)
+            if not await self._pump(request, response, queue):
+                final = {
+                    "resultType": "complete",
+                    "_meta": {**meta, META_SERVER_INFO: self.server_info},
+                }
+                await response.write(
+                    b"event: message\ndata: " + result_message(message.request_id, final) + b"\n\n"
+                )
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            left = self._listening.get(agent, 1) - 1
+            if left > 0:
+                self._listening[agent] = left
+            else:
+                self._listening.pop(agent, None)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await response.write_eof()
+        return response
 
     async def _modern_call(
         self, agent: str, message: Message, envelope: Envelope
@@ -517,10 +587,6 @@ class McpEndpoint:
         name = params.get("name")
         if not isinstance(name, str):
             raise ProtocolError(INVALID_PARAMS, "tools/call needs params.name, a string")
-        if name not in self._tools:
-            raise ProtocolError(
-                INVALID_PARAMS, f"unknown tool {name!r}: tools/list names the tools"
-            )
         arguments = params.get("arguments")
         if arguments is None:
             arguments = {}
@@ -529,6 +595,10 @@ class McpEndpoint:
         return ToolCall(agent, name, arguments, version, elicitation)
 
     async def _run(self, call: ToolCall) -> dict[str, Any] | InputRequired:
+        if call.name not in self._tools:
+            # An `isError` result, as the official SDK answers (clients and the conformance
+            # suite expect it): the model reads it and can pick another tool.
+            return tool_error(f"Unknown tool: {call.name} (tools/list names the tools)")
         try:
             outcome = await self.tools.call(call)
         except ToolError as exc:

@@ -157,8 +157,9 @@ def test_unsupported_modern_version_lists_ours() -> None:
 def test_session_version_header() -> None:
     check_session_version(None, "2025-11-25")  # old clients omit it
     check_session_version("2025-11-25", "2025-11-25")
+    check_session_version("2025-03-26", "2025-11-25")  # what the SDK server tolerates too
     with pytest.raises(ProtocolError) as caught:
-        check_session_version("2025-06-18", "2025-11-25")
+        check_session_version("2026-07-28", "2025-11-25")
     assert caught.value.code == INVALID_REQUEST
     with pytest.raises(ProtocolError) as caught:
         check_session_version("1999-01-01", "2025-11-25")

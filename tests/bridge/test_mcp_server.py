@@ -188,9 +188,9 @@ async def test_version_negotiation_and_mismatch(served: Any) -> None:
     client, _, _ = served
     sid = await initialize(client, version="2025-06-18")
     status, body = await post(
-        client, rpc("ping"), **{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+        client, rpc("ping"), **{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2099-01-01"}
     )
-    assert status == 400 and body["error"]["code"] == -32600
+    assert status == 400 and body["error"]["code"] == -32022
     r = await client.post(
         "/mcp",
         data=rpc("initialize", {"protocolVersion": "2024-11-05", "capabilities": {}}),
@@ -211,7 +211,8 @@ async def test_tool_errors_are_results_and_never_tracebacks(served: Any) -> None
     text = crashed["result"]["content"][0]["text"]
     assert crashed["result"]["isError"] and "secret internals" not in text and "ref" in text
     status, unknown = await post(client, rpc("tools/call", {"name": "nope"}, 3), **h)
-    assert status == 400 and unknown["error"]["code"] == -32602
+    assert status == 200 and unknown["result"]["isError"]  # as the official SDK answers
+    assert "Unknown tool: nope" in unknown["result"]["content"][0]["text"]
     status, bad = await post(client, rpc("tools/call", {"name": "echo", "arguments": [1]}, 4), **h)
     assert bad["error"]["code"] == -32602
     status, missing = await post(client, rpc("completion/complete", id_=5), **h)
@@ -444,3 +445,17 @@ async def test_empty_prompt_and_resource_listings_in_both_eras(served: Any) -> N
     body, headers = modern("prompts/get", name="nope")
     status, missing = await post(client, body, **headers)
     assert (status, missing["error"]["code"]) == (400, -32602)
+
+
+async def test_modern_listen_stream_acknowledges_then_ends_with_the_bridge(served: Any) -> None:
+    client, _, endpoint = served
+    body, headers = modern("subscriptions/listen", notifications={"toolsListChanged": True, "x": 1})
+    stream = await client.post("/mcp", data=body, headers={**JSON, **headers})
+    assert stream.status == 200 and stream.headers["Content-Type"] == "text/event-stream"
+    ack = await asyncio.wait_for(read_event(stream), 5)
+    assert ack["method"] == "notifications/subscriptions/acknowledged"
+    assert ack["params"]["notifications"] == {"toolsListChanged": True}
+    assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 1
+    endpoint.end_streams()
+    final = await asyncio.wait_for(read_event(stream), 5)
+    assert final["id"] == 1 and final["result"]["resultType"] == "complete"
