@@ -110,6 +110,9 @@ class CheckpointSigner:
         public_path.write_bytes(signer.public_pem())
         return signer
 
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
     def public_pem(self) -> bytes:
         return self._key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -146,8 +149,8 @@ class CheckpointFile:
         self.path = path
 
     def append(self, cp: Checkpoint) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, _cp_encoder.encode(cp) + b"\n")
             os.fsync(fd)
