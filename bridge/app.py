@@ -21,6 +21,7 @@ from aiohttp import web
 
 from events import SqliteEventStore
 from events.chain import write_secret_file
+from events.sqlite import create_private
 from security import (
     AdminAuth,
     GCRARateLimiter,
@@ -85,10 +86,16 @@ class Bridge:
     guard: Guard | None = None
 
     async def close(self) -> None:
-        await self.router.close()
-        await self.nonces.close()
-        self.vault.close()
-        await self.store.close()
+        """Close everything, each step whatever the previous one raised: the store (and
+        its writer lock) must be released even when a stop goes wrong."""
+        try:
+            await self.router.close()
+        finally:
+            try:
+                await self.nonces.close()
+                self.vault.close()
+            finally:
+                await self.store.close()
 
 
 def _load_or_create_key(path: Path, *, fresh: bool) -> bytes:
@@ -117,6 +124,7 @@ async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) ->
     registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
     requests, presence, metrics = Requests(), Presence(), Metrics()
     store.commit_observer = metrics.observe_commit
+    store.state.observer = metrics.observe_store_failure
     event_logger = EventLogger()
     event_log = Log(store, [RegistryProjection(registry), flags, requests, mailboxes, event_logger])
     replayed = await event_log.replay()
@@ -124,6 +132,7 @@ async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) ->
     vault = SQLiteSecretVault.open(
         settings.db, settings.master_key_file, fresh_install=fresh or not registry.agents
     )
+    create_private(settings.nonce_db)  # 0600 whatever the umask, like the store itself
     nonces = SQLiteNonceStore(settings.nonce_db, window=settings.skew_s + 60)
     verifier = SignatureVerifier(key_lookup(registry, vault), nonces, skew=int(settings.skew_s))
     token, _ = load_or_create_admin_token(
@@ -222,31 +231,33 @@ def create_app(settings: Settings) -> web.Application:
 def _bridge_ctx(settings: Settings) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         bridge = await open_bridge(settings)
-        request_state_key = _load_or_create_key(settings.keys / "request_state.key", fresh=True)
-        bridge.host = McpHost(
-            bridge.log,
-            bridge.router,
-            bridge.mailboxes,
-            bridge.presence,
-            bridge.metrics,
-            request_state_key=request_state_key,
-            max_wait_s=settings.max_wait_s,
-            max_sessions=settings.max_sessions,
-        )
-        bridge.mcp_handler = asgi_handler(
-            _watch_sessions(bridge.host.session_manager.handle_request, bridge),
-            scope_extras=lambda request: scope_for(request[AGENT]),
-        )
-        app[BRIDGE] = bridge
-        moved = await bridge.router.adopt_open_requests()
-        if moved:
-            log.info("moved %d elicitations of the previous run to the legacy path", moved)
-        async for _ in run_in_cleanup_ctx(bridge.host.session_manager.run)(app):
-            try:
-                yield
-            finally:
-                await bridge.router.close()
-        await bridge.close()
+        try:  # any step below that fails (or a SIGTERM meanwhile) still closes the bridge
+            request_state_key = _load_or_create_key(settings.keys / "request_state.key", fresh=True)
+            bridge.host = McpHost(
+                bridge.log,
+                bridge.router,
+                bridge.mailboxes,
+                bridge.presence,
+                bridge.metrics,
+                request_state_key=request_state_key,
+                max_wait_s=settings.max_wait_s,
+                max_sessions=settings.max_sessions,
+            )
+            bridge.mcp_handler = asgi_handler(
+                _watch_sessions(bridge.host.session_manager.handle_request, bridge),
+                scope_extras=lambda request: scope_for(request[AGENT]),
+            )
+            app[BRIDGE] = bridge
+            moved = await bridge.router.adopt_open_requests()
+            if moved:
+                log.info("moved %d elicitations of the previous run to the legacy path", moved)
+            async for _ in run_in_cleanup_ctx(bridge.host.session_manager.run)(app):
+                try:
+                    yield
+                finally:
+                    await bridge.router.close()
+        finally:
+            await bridge.close()
 
     return ctx
 
@@ -291,17 +302,27 @@ async def _mcp(request: web.Request) -> web.StreamResponse:
 
 
 async def _health(request: web.Request) -> web.Response:
+    """`status` is `degraded` (with the store's cause) while the store fails, `draining`
+    during a stop, else `ok`; still 200, so a load balancer keeps it while it recovers."""
     bridge = request.app[BRIDGE]
     head = await bridge.store.head()
+    store_health = bridge.store.health()
+    status = "ok"
+    if store_health["status"] != "ok":
+        status = "degraded"
+    if bridge.router.draining:
+        status = "draining"
     return web.json_response(
         {
-            "status": "draining" if bridge.router.draining else "ok",
+            "status": status,
+            "reason": store_health["reason"],
             "version": package_version(),
             "flags": bridge.flags.describe(),
             "store": {
                 "position": head.position,
                 "head_hash": head.hash,
                 "store_id": bridge.store.store_id,
+                **store_health,
             },
             "sessions": bridge.presence.counts(),
             "open_requests": len(bridge.requests.open),
@@ -314,6 +335,8 @@ async def _metrics(request: web.Request) -> web.Response:
     state = bridge.flags.state
     bridge.metrics.elicitation_enabled.set(1 if state.elicitation_enabled else 0)
     bridge.metrics.rollout_percent.set(state.rollout_percent)
+    bridge.metrics.store_degraded.set(1 if bridge.store.state.degraded else 0)
+    bridge.metrics.store_wal_frames.set(bridge.store.wal.wal_frames)
     return web.Response(
         body=bridge.metrics.render(), headers={"Content-Type": bridge.metrics.content_type}
     )

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from events import StoreError
 from security import RequestView
 
 from .domain import ADMIN_AUTH_FAILED, AUTH_REJECTED, RATE_LIMITED, SECURITY_STREAM
+from .unavailable import as_store_error, unavailable, unavailable_response
 
 if TYPE_CHECKING:
     from .app import Bridge
@@ -110,7 +113,15 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.Response | N
         request.headers,
         body,
     )
-    verdict = await bridge.verifier.verify(view)
+    try:
+        verdict = await bridge.verifier.verify(view)
+    except Exception as exc:  # the nonce store failed: 503 with its reason, not a 500
+        error = as_store_error(exc, "nonce store")
+        if error is None:
+            raise
+        bridge.store.state.failed("nonce_store", error)
+        return unavailable_response(error)
+    bridge.store.state.succeeded("nonce_store")
     if not hasattr(verdict, "nonce"):  # a Rejection
         data = {**base, "agent": verdict.agent, "key_id": verdict.key_id}
         return await _reject(
@@ -197,6 +208,12 @@ def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
                 {"Retry-After": str(int(result.retry_after) + 1)} if result.retry_after else None
             )
             return _refuse(result.status, result.reason or "invalid_token", headers)
-        return await handler(request)
+        try:
+            return await handler(request)
+        except (StoreError, sqlite3.Error) as exc:  # the store (or the vault beside it)
+            error = as_store_error(exc, "admin request")
+            if error is None or not unavailable(error):
+                raise
+            return unavailable_response(error, detail=True)
 
     return middleware

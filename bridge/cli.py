@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import urllib.error
@@ -124,6 +125,19 @@ def _db(args: argparse.Namespace) -> Path:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve
 
+    try:
+        _serve(args, serve)
+    except StoreError as exc:  # a damaged, read-only or locked store: say so and exit 1
+        raise CliError(f"cannot serve: {exc}") from None
+    except (CliError, OSError, ValueError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # any failed start or stop: the cause, a non-zero exit
+        logging.getLogger("lighthouse").debug("serve failed", exc_info=True)
+        raise CliError(f"serve failed: {type(exc).__name__}: {exc}") from None
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace, serve: Callable[[Settings], None]) -> None:
     serve(
         Settings(
             host=args.host,
@@ -145,7 +159,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             allowed_origins=tuple(args.allowed_origin),
         )
     )
-    return EXIT_OK
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -268,7 +281,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         path=db, readonly=True, checkpoint_file=Path(args.checkpoint) if args.checkpoint else None
     )
     pem = Path(args.public_key).read_bytes() if args.public_key else None
-    progress = _progress("verifying") if sys.stderr.isatty() else None
+    progress = _progress("verifying") if args.progress or sys.stderr.isatty() else None
 
     async def run() -> Any:
         store = await SqliteEventStore.open(config)
@@ -312,9 +325,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
+    """A one-line progress display on stderr (redrawn at most 10 times a second)."""
+    import time
+
+    started = last = time.monotonic()
+
     def show(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < 0.1 and done < total:
+            return
+        last = now
         pct = 100 * done // total if total else 100
-        print(f"\r{label}: {done}/{total} ({pct}%)", end="", file=sys.stderr, flush=True)
+        rate = done / max(now - started, 1e-9)
+        print(
+            f"\r{label}: {done}/{total} ({pct}%, {rate:,.0f}/s)",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
 
     return show
 
@@ -438,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--checkpoint", help="checkpoint file (default: beside the store)")
     v.add_argument("--public-key", help="checkpoint public key PEM (default: from the key dir)")
     v.add_argument("--json", action="store_true")
+    v.add_argument(
+        "--progress",
+        action="store_true",
+        help="show progress on stderr (default: only when stderr is a terminal)",
+    )
     v.set_defaults(func=cmd_verify)
     for add_commands in _extensions("add_commands"):
         add_commands(sub)
