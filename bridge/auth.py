@@ -119,7 +119,7 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.Response | N
         error = as_store_error(exc, "nonce store")
         if error is None:
             raise
-        bridge.store.state.failed("nonce_store", error)
+        bridge.store.state.failed("nonce_store", error, hold_s=10.0)
         return unavailable_response(error)
     bridge.store.state.succeeded("nonce_store")
     if not hasattr(verdict, "nonce"):  # a Rejection

@@ -90,6 +90,9 @@ class Failure:
     error: StoreError
     since: float
     count: int = 1
+    until: float | None = None
+    """For a part without its own retry loop: when, with no new failure, to stop
+    reporting it (monotonic clock); `None` = until that part succeeds."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -115,13 +118,16 @@ class HealthState:
         self.observer: Callable[[str, str], None] | None = None
         """Called with (component, reason) on every failure: the metrics hook."""
 
-    def failed(self, component: str, error: StoreError) -> None:
+    def failed(self, component: str, error: StoreError, *, hold_s: float | None = None) -> None:
+        """Record a failure; `hold_s` makes it lapse after that long without another one
+        (for parts that only learn of a recovery from the next request that uses them)."""
         current = self.failures.get(component)
         if current is None or current.error.reason != error.reason:
             log.warning("event store %s failing (%s): %s", component, error.reason, error)
-            self.failures[component] = Failure(component, error, time.time())
+            current = self.failures[component] = Failure(component, error, time.time())
         else:
             current.error, current.count = error, current.count + 1
+        current.until = None if hold_s is None else time.monotonic() + hold_s
         if self.observer is not None:
             self.observer(component, error.reason)
 
@@ -135,11 +141,18 @@ class HealthState:
                 failure.error.reason,
             )
 
+    def _lapse(self) -> None:
+        now = time.monotonic()
+        for name in [n for n, f in self.failures.items() if f.until is not None and f.until < now]:
+            del self.failures[name]
+
     @property
     def degraded(self) -> bool:
+        self._lapse()
         return bool(self.failures)
 
     def first(self) -> Failure | None:
+        self._lapse()
         return min(self.failures.values(), key=lambda f: f.since, default=None)
 
     def describe(self) -> dict[str, Any]:
