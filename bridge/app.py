@@ -336,7 +336,9 @@ async def _metrics(request: web.Request) -> web.Response:
     bridge.metrics.elicitation_enabled.set(1 if state.elicitation_enabled else 0)
     bridge.metrics.rollout_percent.set(state.rollout_percent)
     bridge.metrics.store_degraded.set(1 if bridge.store.state.degraded else 0)
-    bridge.metrics.store_wal_frames.set(bridge.store.wal.wal_frames)
+    wal = getattr(bridge.store, "wal", None)  # SQLite only
+    if wal is not None:
+        bridge.metrics.store_wal_frames.set(wal.wal_frames)
     return web.Response(
         body=bridge.metrics.render(), headers={"Content-Type": bridge.metrics.content_type}
     )

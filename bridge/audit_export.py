@@ -100,6 +100,23 @@ async def _anchor(source: EventSource, first: int) -> str:
     return page.events[0].digest
 
 
+async def _refuse_edited(source: EventSource, first: int, last: int, anchor: str) -> None:
+    """Hash what is stored, not what it decodes to: an export re-encodes each record, so a
+    byte edit that decodes the same would otherwise verify. Reading a store file, check the
+    stored bytes first and refuse to export an edited record."""
+    store = getattr(source, "store", None)
+    if store is None:  # a running bridge's API hands out decoded records only
+        return
+    from events.verify import stored_bytes_problems
+
+    problems = await stored_bytes_problems(store, first, last, anchor)
+    if problems:
+        p = problems[0]
+        raise AuditError(
+            f"not exporting: {p.detail} (stored bytes edited); run `lighthouse verify`"
+        )
+
+
 async def write_export(
     source: EventSource, query: AuditQuery, out: Path, progress: Progress = None
 ) -> ExportSummary:
@@ -122,6 +139,7 @@ async def write_export(
         "anchor_digest": await _anchor(source, first),
         "checkpoints": [msgspec.to_builtins(cp) for cp in included],
     }
+    await _refuse_edited(source, first, last, header["anchor_digest"])
     tmp = out.with_name(out.name + ".partial")
     count = matched = 0
     prev = header["anchor_digest"]

@@ -22,7 +22,7 @@ from typing import Any
 from events import SqliteEventStore, StoreConfig, StoreError, verify_with_config
 from events.sqlite import migrate as migrate_store
 
-from .config import Settings, env_admin_token, env_url
+from .config import Settings, env_admin_token, env_checkpoint_file, env_url
 from .observability import configure_logging
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -157,6 +157,7 @@ def _serve(args: argparse.Namespace, serve: Callable[[Settings], None]) -> None:
             guard_min_samples=args.guard_min_samples,
             trusted_proxies=tuple(args.trusted_proxy),
             allowed_origins=tuple(args.allowed_origin),
+            checkpoint_file=Path(args.checkpoint_file) if args.checkpoint_file else None,
         )
     )
 
@@ -278,7 +279,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not db.exists():
         raise CliError(f"no store at {db}", EXIT_UNAVAILABLE)
     config = StoreConfig(
-        path=db, readonly=True, checkpoint_file=Path(args.checkpoint) if args.checkpoint else None
+        path=db,
+        readonly=True,
+        checkpoint_file=Path(args.checkpoint) if args.checkpoint else env_checkpoint_file(),
     )
     pem = Path(args.public_key).read_bytes() if args.public_key else None
     progress = _progress("verifying") if args.progress or sys.stderr.isatty() else None
@@ -420,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="browser Origin allowed besides the bound host (repeatable)",
     )
     s.add_argument(
+        "--checkpoint-file",
+        metavar="PATH",
+        help="signed checkpoint file; keep it on another disk or host "
+        "(default: $LIGHTHOUSE_CHECKPOINT_FILE, else beside the store)",
+    )
+    s.add_argument(
         "--no-elicitation",
         action="store_true",
         help="start with elicitation off (until a flag change)",
@@ -464,7 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_drain)
 
     v = with_db(sub.add_parser("verify", help="check the hash chain and signed checkpoints"))
-    v.add_argument("--checkpoint", help="checkpoint file (default: beside the store)")
+    v.add_argument(
+        "--checkpoint",
+        help="checkpoint file (default: $LIGHTHOUSE_CHECKPOINT_FILE, else beside the store)",
+    )
     v.add_argument("--public-key", help="checkpoint public key PEM (default: from the key dir)")
     v.add_argument("--json", action="store_true")
     v.add_argument(

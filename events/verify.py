@@ -152,6 +152,52 @@ async def verify_store(
     return VerifyReport(not problems, size, walk.checked, cps[1], cps[2], problems[:MAX_PROBLEMS])
 
 
+async def stored_bytes_problems(
+    store: EventStore, first: int, last: int, anchor_digest: str
+) -> list[Problem]:
+    """Records in `first..last` whose stored bytes do not give their public digest, or
+    are not the canonical encoding of what they decode to — checked with the public chain
+    only (no chain key), so an export can refuse to launder an edited record into a
+    re-encoded one that would verify. `anchor_digest` is the digest of `first - 1`."""
+    problems: list[Problem] = []
+    prev, position = anchor_digest, first
+    while position <= last and len(problems) < MAX_PROBLEMS:
+        page = await store.read_raw(position, limit=min(_PAGE, last - position + 1))
+        if not page:
+            break
+        for row in page:
+            if row[0] > last:
+                break
+            data = _as_bytes(row[7])
+            problem: Problem | None = None
+            try:
+                body = canonical(
+                    position=row[0],
+                    stream=row[1],
+                    version=row[2],
+                    event_id=row[3],
+                    type=row[4],
+                    time=row[5],
+                    actor=row[6],
+                    data_json=data,
+                )
+                if hashlib.sha256(body + bytes.fromhex(prev)).hexdigest() != row[10]:
+                    problem = Problem(
+                        row[0], "edited", f"record at {row[0]} does not match its digest"
+                    )
+                elif _canonical_encoder.encode(_data_decoder.decode(data)) != data:
+                    problem = Problem(
+                        row[0], "edited", f"record at {row[0]} is not stored canonically"
+                    )
+            except Exception as exc:  # undecodable or mistyped: edited too
+                problem = Problem(row[0], "edited", f"record at {row[0]} cannot be checked ({exc})")
+            if problem is not None:
+                problems.append(problem)
+            prev = row[10]
+        position = page[-1][0] + 1
+    return problems
+
+
 async def _where_hashes_are(store: EventStore, prefixes: set[str]) -> dict[str, int]:
     """Positions of the records whose hashes broken links point at: a second pass that
     only a damaged log pays for, instead of indexing every hash during the walk."""
@@ -272,11 +318,16 @@ class _Walk:
         self.last_position, self.last_hash, self.last_digest = last_position, last_hash, last_digest
 
 
+def _as_bytes(data: object) -> bytes:
+    """A TEXT (or other) value written past the writer, as the bytes it stands for."""
+    if isinstance(data, bytes):
+        return data
+    return data.encode() if isinstance(data, str) else repr(data).encode()
+
+
 def _check_body(row: RawRow, link: Any, last_digest: str) -> Problem:
     """Why a row failed the fast check, as precisely as the stored values allow."""
-    p, data = row[0], row[7]
-    if not isinstance(data, bytes):  # a TEXT (or other) value written past the writer
-        data = data.encode() if isinstance(data, str) else repr(data).encode()
+    p, data = row[0], _as_bytes(row[7])
     try:
         body = canonical(
             position=p,

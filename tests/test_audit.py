@@ -590,3 +590,20 @@ async def test_export_from_a_live_bridge_verifies_after_shutdown(live: BridgePro
     assert done.returncode == 0, done.stderr
     report = verify_export(after, pem.read_bytes())
     assert report.ok and report.uncovered == 0, report.problems
+
+
+def test_export_refuses_a_record_whose_stored_bytes_were_edited(db: Path, tmp_path: Path) -> None:
+    """A whitespace edit decodes to the same value, so a re-encoded export would verify:
+    the export hashes what is stored and refuses instead."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET data = CAST(data AS BLOB) || X'20' WHERE position = 5")
+    conn.commit()
+    conn.close()
+    out = tmp_path / "edited.jsonl"
+    done = _cli("audit", "export", "--db", str(db), "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "record at 5 does not match its digest" in done.stderr
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
