@@ -174,3 +174,27 @@ async def test_fresh_store_without_checkpoints_needs_no_file(tmp_path: Path) -> 
     store._closed = True
     assert not config.checkpoints.exists()
     assert (await _verify(config)).ok
+
+
+def test_cli_progress_goes_to_stderr_only_when_asked(tmp_path: Path) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    config = asyncio.run(_filled(tmp_path, 12))
+
+    def verify(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "verify", "--db", str(config.path), *extra],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    quiet = verify()
+    assert quiet.returncode == 0 and quiet.stderr == ""  # not a TTY: no progress
+    assert quiet.stdout.startswith("OK: 12 events")
+    shown = verify("--progress")
+    assert shown.returncode == 0 and shown.stdout == quiet.stdout
+    assert "verifying: 12/12 (100%" in shown.stderr
