@@ -229,6 +229,7 @@ BRIDGE = web.AppKey("bridge", Bridge)
 
 def create_app(settings: Settings) -> web.Application:
     from .admin import add_admin_routes
+    from .console import add_console_routes
 
     def bridge_of(request: web.Request) -> Bridge:
         return request.app[BRIDGE]
@@ -242,6 +243,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     add_admin_routes(app, bridge_of)
+    add_console_routes(app, bridge_of)
     from .cli import _extensions
 
     for add_routes in _extensions("add_routes"):
