@@ -446,9 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions(attribute: str) -> list[Callable[..., Any]]:
     """Subsystems that bring their own commands (`add_commands`) or routes (`add_routes`)."""
-    from . import audit, gateway, repair
+    from . import audit, gateway, repair, tlog, witness
 
-    return [getattr(m, attribute) for m in (repair, audit, gateway) if hasattr(m, attribute)]
+    return [
+        getattr(m, attribute)
+        for m in (repair, audit, gateway, tlog, witness)
+        if hasattr(m, attribute)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
