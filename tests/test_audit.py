@@ -224,9 +224,7 @@ def test_security_report_groups_by_reason_agent_and_lists_flag_changes() -> None
 # -- exports -----------------------------------------------------------------------------
 
 
-async def _export(
-    db: Path, out: Path, query: AuditQuery | None = None, **options: Any
-) -> Any:
+async def _export(db: Path, out: Path, query: AuditQuery | None = None, **options: Any) -> Any:
     source = await StoreSource.open(db)
     try:
         return await write_export(source, query or AuditQuery(), out, **options)
