@@ -130,7 +130,11 @@ def witness_round(
         try:
             merkle.verify_consistency(old_size, head.size, old_root, head.root, proof)
         except merkle.ProofError as exc:
-            return _refuse(state_dir, "fork", str(exc), evidence)
+            message = (
+                f"the checkpoint at size {head.size} does not extend the accepted checkpoint "
+                f"at size {old_size} ({exc})"
+            )
+            return _refuse(state_dir, "fork", message, evidence)
     line = signer.cosign(signed.text).line()
     client.call("POST", "/admin/tlog/cosignature", body={"size": head.size, "cosignature": line})
     new_state = {"origin": head.origin, "size": head.size, "root": b64(head.root), "note": text}

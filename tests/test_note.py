@@ -20,7 +20,8 @@ GO_NOTE = (
     "If you think cryptography is the answer to your problem,\n"
     "then you don't know what your problem is.\n"
     "\n"
-    "\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotp"
+    "\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngo"
+    "tp"
     "RZb6KE6RyyBwJnAM=\n"
 )
 # The cosignature in c2sp.org/tlog-cosignature's example: its timestamp is 1679315147.
