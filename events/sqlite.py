@@ -34,9 +34,14 @@ from .errors import (
     KeyMismatch,
     OperationalError,
     SchemaError,
+    StoreBusy,
+    StoreCorrupt,
     StoreError,
+    StoreFull,
     StoreLocked,
+    StoreReadOnly,
     WrongExpectedVersion,
+    os_store_error,
 )
 from .model import ANY_VERSION, Checkpoint, Record, canonical, encode_data
 from .schema import migrate_sqlite, schema_version
@@ -52,6 +57,42 @@ _WAL_CHECKPOINT_S = 0.5
 _WAL_AUTOCHECKPOINT_PAGES = 20_000
 log = logging.getLogger(__name__)
 _data_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+# Primary result codes (https://sqlite.org/rescode.html) and the error each becomes.
+_BY_CODE: dict[int, type[OperationalError]] = {
+    5: StoreBusy,  # SQLITE_BUSY
+    6: StoreBusy,  # SQLITE_LOCKED
+    8: StoreReadOnly,  # SQLITE_READONLY
+    11: StoreCorrupt,  # SQLITE_CORRUPT
+    13: StoreFull,  # SQLITE_FULL
+    26: StoreCorrupt,  # SQLITE_NOTADB
+}
+
+
+def store_error(exc: BaseException, doing: str) -> OperationalError:
+    """The `StoreError` a driver or OS error becomes: its class names the cause.
+
+    SQLite reports a full disk as SQLITE_FULL but also, from some VFS paths, as a bare
+    I/O error; the message is the fallback when the result code is not specific.
+    """
+    cls: type[OperationalError] = OperationalError
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        cls = _BY_CODE.get(code & 0xFF, OperationalError) if code is not None else cls
+        text = str(exc).lower()
+        if cls is OperationalError:
+            if "disk is full" in text or "no space" in text:
+                cls = StoreFull
+            elif "readonly" in text or "read-only" in text:
+                cls = StoreReadOnly
+            elif "malformed" in text or "not a database" in text:
+                cls = StoreCorrupt
+            elif "locked" in text or "busy" in text:
+                cls = StoreBusy
+    elif isinstance(exc, OSError):
+        return os_store_error(exc, doing)
+    return cls(f"{doing}: {exc}")
 
 
 def _row_to_record(row: Sequence[Any]) -> Record:
@@ -223,7 +264,7 @@ class SqliteEventStore(GroupCommitStore):
             row = conn.execute("SELECT max(size) FROM tlog_checkpoints").fetchone()
             self._last_tree_size = row[0] or 0
         except sqlite3.Error as exc:
-            raise OperationalError(f"cannot open store {self.config.path}: {exc}") from None
+            raise store_error(exc, f"cannot open store {self.config.path}") from None
 
     def _load_frontier(self, conn: sqlite3.Connection) -> merkle.Frontier:
         """The tree's right edge at the head; builds the missing nodes of a store that
@@ -315,7 +356,7 @@ class SqliteEventStore(GroupCommitStore):
             self.store_id = dict(rows).get("store_id", "")
             await self._refresh_head()
         except sqlite3.Error as exc:
-            raise OperationalError(f"cannot read store {self.config.path}: {exc}") from None
+            raise store_error(exc, f"cannot read store {self.config.path}") from None
 
     async def _refresh_head(self) -> None:
         assert self._reader is not None
@@ -344,7 +385,7 @@ class SqliteEventStore(GroupCommitStore):
         try:
             return self._write_batch(batch, lookup=True)
         except sqlite3.Error as exc:
-            return [OperationalError(f"append failed, nothing written: {exc}")] * len(batch)
+            return [store_error(exc, "append failed, nothing written")] * len(batch)
 
     def _write_batch(
         self, batch: list[PendingAppend], *, lookup: bool
@@ -370,7 +411,7 @@ class SqliteEventStore(GroupCommitStore):
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            return [OperationalError(f"append failed, nothing written: {exc}")] * len(batch)
+            return [store_error(exc, "append failed, nothing written")] * len(batch)
         self._head = head
         self._frontier = frontier
         if len(self._versions) + len(versions) > _VERSION_CACHE_LIMIT:
@@ -500,7 +541,7 @@ class SqliteEventStore(GroupCommitStore):
         try:
             rows = await self._reader.execute_fetchall(sql, params)
         except sqlite3.Error as exc:
-            raise OperationalError(f"read failed: {exc}") from None
+            raise store_error(exc, "read failed") from None
         return [_row_to_record(r) for r in rows]
 
     async def read_stream(
