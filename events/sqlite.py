@@ -266,7 +266,7 @@ class SqliteEventStore(GroupCommitStore):
         except sqlite3.Error as exc:
             raise store_error(exc, f"cannot open store {self.config.path}") from None
 
-    def _load_frontier(self, conn: sqlite3.Connection) -> merkle.Frontier:
+    def _load_frontier(self, conn: sqlite3.Connection) -> merkle.Frontier | None:
         """The tree's right edge at the head; builds the missing nodes of a store that
         predates the tree (or a tail after a crash-free but tree-less write) once."""
         size = self._head.position
@@ -293,10 +293,13 @@ class SqliteEventStore(GroupCommitStore):
             for row in rows:
                 record = _row_to_record(row)
                 if record.position != frontier.size + 1:
-                    raise StoreError(
-                        f"store {self.config.path} is damaged: position {frontier.size + 1} is "
-                        "missing, so its Merkle tree cannot be built; run `lighthouse verify`"
+                    log.warning(
+                        "store %s is damaged (position %d is missing): it keeps no Merkle "
+                        "tree and signs no tree checkpoints; run `lighthouse verify`",
+                        self.config.path,
+                        frontier.size + 1,
                     )
+                    return None
                 done = frontier.append(leaf_of(record))
                 pending += [n for n in done if n[0] >= merkle.STORED_LEVEL]
             position = rows[-1][0] + 1
@@ -601,7 +604,7 @@ class SqliteEventStore(GroupCommitStore):
         try:
             return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
-            raise OperationalError(f"read failed: {exc}") from None
+            raise store_error(exc, "read failed") from None
 
     async def tree_nodes(self, keys: Collection[merkle.Node]) -> dict[merkle.Node, bytes]:
         """Stored Merkle nodes by (level, index): one query for a whole proof."""
@@ -652,7 +655,7 @@ class SqliteEventStore(GroupCommitStore):
             try:
                 self._wconn.execute(sql, params)
             except sqlite3.Error as exc:
-                raise OperationalError(f"write failed: {exc}") from None
+                raise store_error(exc, "write failed") from None
 
         await asyncio.get_running_loop().run_in_executor(self._thread, run)
 
