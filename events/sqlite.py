@@ -27,7 +27,8 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from . import merkle
+import events.merkle as merkle
+
 from .chain import ChainKey, CheckpointSigner, public_link
 from .errors import (
     EventIdConflict,
@@ -428,7 +429,7 @@ class SqliteEventStore(GroupCommitStore):
         if self._frontier is None or self._frontier.size != self._head.position:
             return None  # a damaged store opened with accept_damage keeps no tree
         frontier = self._frontier.copy()
-        nodes = [n for leaf in leaves for n in frontier.append(leaf) if n[0] >= merkle.STORED_LEVEL]
+        nodes = frontier.extend(leaves)
         if nodes:
             conn.executemany(_INSERT_NODE, nodes)
         return frontier
@@ -610,14 +611,14 @@ class SqliteEventStore(GroupCommitStore):
         """Stored Merkle nodes by (level, index): one query for a whole proof."""
         keys = list(keys)
         found: dict[merkle.Node, bytes] = {}
-        for start in range(0, len(keys), 400):
-            chunk = keys[start : start + 400]
-            values = ",".join("(?, ?)" for _ in chunk)
+        for start in range(0, len(keys), 200):
+            chunk = keys[start : start + 200]
+            # OR of equalities: SQLite searches the primary key once per term (a row-value
+            # IN (VALUES …) scans the whole table).
+            where = " OR ".join("(level = ? AND idx = ?)" for _ in chunk)
             flat = [v for key in chunk for v in key]
             for level, idx, h in await self._rows(
-                f"SELECT level, idx, hash FROM merkle_nodes WHERE (level, idx) IN "
-                f"(VALUES {values})",
-                flat,
+                f"SELECT level, idx, hash FROM merkle_nodes WHERE {where}", flat
             ):
                 found[(level, idx)] = h
         return found

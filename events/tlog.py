@@ -15,7 +15,8 @@ from typing import Protocol
 
 import msgspec
 
-from . import merkle
+import events.merkle as merkle
+
 from .model import Record, record_bytes
 from .note import Note, NoteSigner, TreeHead
 

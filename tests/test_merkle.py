@@ -229,3 +229,11 @@ def test_impossible_proofs_are_refused_not_invented() -> None:
         consistency_ranges(6, 5)
     with pytest.raises(ProofError, match="not stored"):
         range_hashes([(0, 32)], {}, {})
+
+
+def test_extend_keeps_the_same_tree_as_append_and_returns_only_stored_nodes() -> None:
+    leaves = [leaf_hash(b"x%d" % i) for i in range(300)]
+    one, many = Frontier(), Frontier()
+    expected = [n for leaf in leaves for n in one.append(leaf) if n[0] >= merkle.STORED_LEVEL]
+    got = many.extend(leaves[:77]) + many.extend(leaves[77:])
+    assert got == expected and many.root() == one.root() == root_from_leaves(leaves)
