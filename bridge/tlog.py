@@ -485,6 +485,8 @@ def add_routes(app: web.Application, bridge_of: Callable[[web.Request], Bridge])
             body = json.loads(await request.read() or b"{}")
             size, line = int(body["size"]), str(body["cosignature"])
             sig = note.parse_signature_line(line.rstrip("\n"))
+            if len(sig.data) != 8 + 64:
+                raise ValueError("not an Ed25519 tlog-cosignature/v1 (timestamp + signature)")
         except (ValueError, KeyError, TypeError, note.NoteError) as exc:
             return _bad(ValueError(f"body: {exc}"))
         cp = await latest(store, size)

@@ -71,7 +71,7 @@ class Verifier:
 
     @classmethod
     def from_vkey(cls, text: str) -> Verifier:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)  # the base64 key may itself contain "+"
         if len(parts) != 3:
             raise NoteError("a verifier key is name+keyid+base64 key")
         name, hex_id, material = parts

@@ -92,3 +92,10 @@ def test_malformed_notes_are_refused_with_a_reason(text: str) -> None:
     with pytest.raises(note.NoteError) as caught:
         note.parse_note(text)
     assert caught.value.kind == "malformed" and str(caught.value)
+
+
+def test_verifier_keys_round_trip_whatever_their_base64_holds() -> None:
+    """Base64 has "+" in its alphabet; the vkey separator is "+" too (split at most twice)."""
+    for _ in range(64):
+        signer = note.NoteSigner("w.example", Ed25519PrivateKey.generate(), note.COSIGNATURE_ALG)
+        assert note.Verifier.from_vkey(signer.verifier.vkey()) == signer.verifier

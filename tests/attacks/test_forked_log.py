@@ -35,7 +35,8 @@ def test_a_witness_refuses_a_forked_log(tmp_path: Path) -> None:
     try:
         honest.add_agent("bob")
         accepted = sign_now(honest)
-        assert witness(honest, state, key).returncode == 0
+        done = witness(honest, state, key)
+        assert done.returncode == 0, done.stdout + done.stderr
     finally:
         honest.stop()
     fork = BridgeProcess(fork_dir)
