@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 FORMAT, VERSION = "lighthouse-tlog-proof", 1
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 MAX_RECORDS = 10_000
+NO_TREE = "the {} backend keeps no Merkle tree yet (SQLite does); no proofs can be served"
 
 
 def b64(data: bytes) -> str:
@@ -114,6 +115,8 @@ class StoreProver:
     store: Any
 
     async def checkpoint(self, size: int | None = None) -> TreeCheckpoint:
+        if not hasattr(self.store, "tree_checkpoints"):
+            raise AuditError(NO_TREE.format(type(self.store).__name__))
         found = await self.store.tree_checkpoints(size)
         if not found:
             raise AuditError(
@@ -424,6 +427,13 @@ def add_routes(app: web.Application, bridge_of: Callable[[web.Request], Bridge])
     `POST /admin/tlog/cosignature` (admin bearer, like every `/admin/` route)."""
 
     async def latest(store: Any, size: int | None) -> TreeCheckpoint | None:
+        if not hasattr(store, "tree_checkpoints"):  # a backend without the Merkle tree
+            raise web.HTTPNotImplemented(
+                text=json.dumps(
+                    {"error": "not_implemented", "message": NO_TREE.format(type(store).__name__)}
+                ),
+                content_type="application/json",
+            )
         found = await store.tree_checkpoints(size)
         return found[-1] if found else None
 

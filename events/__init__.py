@@ -15,6 +15,7 @@ from .errors import (
     StoreFull,
     StoreLocked,
     StoreReadOnly,
+    StoreUnavailable,
     WrongExpectedVersion,
     unavailable,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "StoreFull",
     "StoreLocked",
     "StoreReadOnly",
+    "StoreUnavailable",
     "VerifyReport",
     "WrongExpectedVersion",
     "load_public_key",

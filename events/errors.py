@@ -124,6 +124,18 @@ class OperationalError(StoreError):
     default_retry_after = 5.0
 
 
+class StoreUnavailable(OperationalError):
+    """The database server could not be reached or the connection broke (PostgreSQL).
+
+    Nothing was half-written: a batch is one transaction. When the connection broke while
+    COMMIT was in flight the outcome is unknown, which is why retrying with the same
+    `event_id`s is safe (an idempotent retry returns the original positions).
+    """
+
+    reason = "store_unavailable"
+    default_retry_after = 1.0
+
+
 class StoreFull(OperationalError):
     """The disk (or quota) holding the store is full; writes resume once space is freed."""
 
@@ -203,6 +215,7 @@ __all__ = [
     "StoreFull",
     "StoreLocked",
     "StoreReadOnly",
+    "StoreUnavailable",
     "WrongExpectedVersion",
     "os_store_error",
     "unavailable",

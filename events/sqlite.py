@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import msgspec
 
 import events.merkle as merkle
 
-from .chain import ChainKey, CheckpointSigner, public_link
+from .chain import ChainKey, CheckpointSigner
 from .errors import (
-    EventIdConflict,
     KeyMismatch,
     OperationalError,
     SchemaError,
@@ -41,11 +39,11 @@ from .errors import (
     StoreFull,
     StoreLocked,
     StoreReadOnly,
-    WrongExpectedVersion,
     os_store_error,
 )
-from .model import ANY_VERSION, Checkpoint, Record, canonical, encode_data
+from .model import Checkpoint, Record, record_from_row
 from .schema import migrate_sqlite, schema_version
+from .staging import stage_request
 from .store import GroupCommitStore, Head, PendingAppend, StoreConfig
 from .tlog import TreeCheckpoint, leaf_of
 
@@ -57,7 +55,6 @@ _VERSION_CACHE_LIMIT = 100_000
 _WAL_CHECKPOINT_S = 0.5
 _WAL_AUTOCHECKPOINT_PAGES = 20_000
 log = logging.getLogger(__name__)
-_data_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 # Primary result codes (https://sqlite.org/rescode.html) and the error each becomes.
@@ -94,22 +91,6 @@ def store_error(exc: BaseException, doing: str) -> OperationalError:
     elif isinstance(exc, OSError):
         return os_store_error(exc, doing)
     return cls(f"{doing}: {exc}")
-
-
-def _row_to_record(row: Sequence[Any]) -> Record:
-    return Record(
-        position=row[0],
-        stream=row[1],
-        version=row[2],
-        event_id=row[3],
-        type=row[4],
-        time=row[5],
-        actor=row[6],
-        data=_data_decoder.decode(row[7]),
-        prev_hash=row[8],
-        hash=row[9],
-        digest=row[10],
-    )
 
 
 class _NeedsLookup(Exception):
@@ -292,7 +273,7 @@ class SqliteEventStore(GroupCommitStore):
             if not rows:
                 break
             for row in rows:
-                record = _row_to_record(row)
+                record = record_from_row(row)
                 if record.position != frontier.size + 1:
                     log.warning(
                         "store %s is damaged (position %d is missing): it keeps no Merkle "
@@ -470,53 +451,17 @@ class SqliteEventStore(GroupCommitStore):
         leaves: list[bytes],
     ) -> list[int] | StoreError:
         """Check one request and add its rows to the transaction; never raise for the caller."""
-        encoded = [encode_data(e.data) for e in req.events]
-        replay = _replayed_positions(req, encoded, known)
-        if replay is not None:
-            return replay
-        current = self._stream_version(conn, req.stream, versions)
-        if req.expected_version != ANY_VERSION and req.expected_version != current:
-            return WrongExpectedVersion(req.stream, req.expected_version, current)
         assert self._chain_key is not None
-        clash = _reused_id(req, known)
-        if clash is not None:
-            return EventIdConflict(clash)
-        positions = []
-        for offset, (event, data_json) in enumerate(zip(req.events, encoded, strict=True)):
-            position, version = head.position + 1, current + offset + 1
-            body = canonical(
-                position=position,
-                stream=req.stream,
-                version=version,
-                event_id=event.event_id,
-                type=event.type,
-                time=event.time,
-                actor=event.actor,
-                data_json=data_json,
-            )
-            hash_ = self._chain_key.link(body, head.hash)
-            leaves.append(merkle.leaf_hash(body))
-            digest = public_link(body, head.digest)
-            rows.append(
-                (
-                    position,
-                    req.stream,
-                    version,
-                    event.event_id,
-                    event.type,
-                    event.time,
-                    event.actor,
-                    data_json,
-                    head.hash,
-                    hash_,
-                    digest,
-                )
-            )
-            known[event.event_id] = (position, req.stream, event.type, event.actor, data_json)
-            head.position, head.hash, head.digest = position, hash_, digest
-            positions.append(position)
-        versions[req.stream] = current + len(req.events)
-        return positions
+        return stage_request(
+            req,
+            head,
+            lambda stream: self._stream_version(conn, stream, versions),
+            self._chain_key,
+            versions,
+            known,
+            rows,
+            leaves,
+        )
 
     async def _store_checkpoint(self, checkpoint: Checkpoint) -> None:
         def insert() -> None:
@@ -546,7 +491,7 @@ class SqliteEventStore(GroupCommitStore):
             rows = await self._reader.execute_fetchall(sql, params)
         except sqlite3.Error as exc:
             raise store_error(exc, "read failed") from None
-        return [_row_to_record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     async def read_stream(
         self, stream: str, from_version: int = 1, limit: int | None = None
@@ -692,32 +637,6 @@ class SqliteEventStore(GroupCommitStore):
             await asyncio.get_running_loop().run_in_executor(self._thread, conn.close)
         self._thread.shutdown(wait=True)
         self._lock.release()
-
-
-def _replayed_positions(
-    req: PendingAppend, encoded: list[bytes], known: dict[str, tuple[Any, ...]]
-) -> list[int] | StoreError | None:
-    """Original positions when every event of the request is already stored identically."""
-    first = req.events[0].event_id
-    if first not in known:
-        return None
-    positions = []
-    for event, data_json in zip(req.events, encoded, strict=True):
-        stored = known.get(event.event_id)
-        if stored is None or stored[1:] != (req.stream, event.type, event.actor, data_json):
-            return EventIdConflict(event.event_id)
-        positions.append(stored[0])
-    return positions
-
-
-def _reused_id(req: PendingAppend, known: dict[str, tuple[Any, ...]]) -> str | None:
-    """An event id of the request that is stored already or repeated within it."""
-    seen: set[str] = set()
-    for event in req.events:
-        if event.event_id in known or event.event_id in seen:
-            return event.event_id
-        seen.add(event.event_id)
-    return None
 
 
 def schema_version_ro(path: Path) -> int:
