@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 FORMAT, VERSION = "lighthouse-tlog-proof", 1
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 MAX_RECORDS = 10_000
-NO_TREE = "the {} backend keeps no Merkle tree yet (SQLite does); no proofs can be served"
+NO_TREE = "the {} backend keeps no Merkle tree; no proofs can be served"
 
 
 def b64(data: bytes) -> str:
