@@ -7,6 +7,7 @@ rebuilt from them. Data never carries secret material.
 
 from __future__ import annotations
 
+import re
 from typing import Final, NamedTuple
 
 # Agents and keys
@@ -39,10 +40,14 @@ DRAIN_FINISHED: Final = "DrainFinished"
 REPAIR_COMPLETED: Final = "RepairCompleted"
 DAMAGE_ACCEPTED: Final = "DamageAccepted"
 AUTO_ROLLBACK: Final = "AutoRollbackTriggered"
+RUNBOOK_STEP: Final = "RunbookStepRecorded"
 # Security
 AUTH_REJECTED: Final = "AuthRejected"
 RATE_LIMITED: Final = "RateLimited"
 ADMIN_AUTH_FAILED: Final = "AdminAuthFailed"
+CONSOLE_SIGNED_IN: Final = "ConsoleSignedIn"
+CONSOLE_SIGNED_OUT: Final = "ConsoleSignedOut"
+NONCE_STORE_CREATED: Final = "NonceStoreCreated"
 
 TERMINAL_TYPES: Final = frozenset(
     {REQUEST_ANSWERED, REQUEST_DECLINED, REQUEST_CANCELLED, REQUEST_TIMED_OUT, REQUEST_EXPIRED}
@@ -63,6 +68,16 @@ TERMINAL_BY_ACTION: Final = {
 SECURITY_STREAM: Final = "security"
 FLAGS_STREAM: Final = "flags"
 OPS_STREAM: Final = "operations"
+
+
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def valid_request_id(value: object) -> bool:
+    """A request id as the bridge makes them (uuid hex) or a caller may choose them:
+    1-64 of ``[A-Za-z0-9_-]``. Checked where ids enter (tool arguments) so that an id in a
+    stream name, an event or a terminal line can never carry control characters."""
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
 
 
 def agent_stream(agent: str) -> str:

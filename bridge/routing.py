@@ -24,6 +24,7 @@ from mcp_types.jsonrpc import CONNECTION_CLOSED
 from events import NewEvent
 from security import AgentInfo, KeyRegistry
 
+from .display import printable
 from .domain import (
     ANSWER_REJECTED,
     REQUEST_CREATED,
@@ -36,6 +37,7 @@ from .domain import (
     TERMINAL_TYPES,
     Fact,
     request_stream,
+    valid_request_id,
 )
 from .flags import Flags, FlagState
 from .log import Log
@@ -305,6 +307,10 @@ class Router:
         self, request_id: str, by: str, action: str, content: object, path: str
     ) -> dict[str, Any]:
         """Accept one answer for an open request, or refuse it and record why."""
+        if not valid_request_id(request_id):
+            refused = AnswerRefused("bad_request_id", "request_id must be 1-64 of A-Z a-z 0-9 _ -")
+            await self._record_refusal(printable(str(request_id))[:80], by, path, refused, None)
+            raise refused
         req = self.requests.open.get(request_id)
         try:
             terminal = self._check_answer(req, request_id, by, action, content)
@@ -340,6 +346,12 @@ class Router:
             except ContentError as exc:
                 raise AnswerRefused(
                     "invalid_content", f"content does not match schema: {exc}"
+                ) from None
+            except Exception as exc:  # a schema stored before its keywords were type-checked
+                log.warning("request %s: its schema cannot check an answer: %r", request_id, exc)
+                raise AnswerRefused(
+                    "unusable_schema",
+                    "the request's schema cannot check an answer; decline or cancel it",
                 ) from None
         return terminal
 
