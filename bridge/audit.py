@@ -642,18 +642,19 @@ def _fetch_text(path: str, db: Path) -> str:
     import urllib.error
     import urllib.request
 
-    from .cli import _admin_token
+    from .cli import _admin_token, _token_hint
     from .config import env_url
 
     request = urllib.request.Request(env_url() + path)
     token = _admin_token(db)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    if token.value:
+        request.add_header("Authorization", f"Bearer {token.value}")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.read().decode()
     except urllib.error.HTTPError as exc:
-        raise AuditError(f"GET {path} failed with HTTP {exc.code}") from None
+        hint = f"; {_token_hint(token)}" if exc.code == 401 else ""
+        raise AuditError(f"GET {path} failed with HTTP {exc.code}{hint}") from None
 
 
 @_guarded
