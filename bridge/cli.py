@@ -676,6 +676,7 @@ _EXTENSION_COMMANDS: dict[str, tuple[str, str]] = {
     "repair": ("bridge.repair", "verify, rebuild state from the log, resolve requests left open"),
     "audit": ("bridge.audit", "query, export and verify the event log"),
     "mcp": ("bridge.gateway", "stdio MCP gateway for hosts that cannot sign requests"),
+    "witness": ("bridge.witness", "cosign a log's checkpoints only while they stay consistent"),
 }
 
 
@@ -692,9 +693,9 @@ def _command_in(argv: list[str]) -> str | None:
 
 def _extensions(attribute: str) -> list[Callable[..., Any]]:
     """Subsystems that bring their own commands (`add_commands`) or routes (`add_routes`)."""
-    from . import audit, gateway, repair
+    from . import audit, gateway, repair, tlog
 
-    return [getattr(m, attribute) for m in (repair, audit, gateway) if hasattr(m, attribute)]
+    return [getattr(m, attribute) for m in (repair, audit, gateway, tlog) if hasattr(m, attribute)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .errors import KeyMismatch, MissingKey
 from .model import Checkpoint, checkpoint_payload
+from .note import NoteSigner
 
 _FINGERPRINT_LABEL = b"lighthouse chain key fingerprint v1"
 
@@ -114,6 +115,10 @@ class CheckpointSigner:
         return self._key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+
+    def note_signer(self, name: str) -> NoteSigner:
+        """The same key signing C2SP checkpoint notes under the log's origin as key name."""
+        return NoteSigner(name, self._key)
 
     def sign(self, cp: Checkpoint) -> Checkpoint:
         sig = self._key.sign(checkpoint_payload(cp))

@@ -26,6 +26,8 @@ from typing import Any
 
 import aiosqlite
 
+import events.merkle as merkle
+
 from .chain import ChainKey, CheckpointSigner
 from .errors import (
     KeyMismatch,
@@ -43,9 +45,11 @@ from .model import Checkpoint, Record, record_from_row
 from .schema import migrate_sqlite, schema_version
 from .staging import stage_request
 from .store import GroupCommitStore, Head, PendingAppend, StoreConfig
+from .tlog import TreeCheckpoint, leaf_of
 
 _COLUMNS = "position, stream, version, event_id, type, time, actor, data, prev_hash, hash, digest"
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
 _SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _VERSION_CACHE_LIMIT = 100_000
 _WAL_CHECKPOINT_S = 0.5
@@ -184,6 +188,7 @@ class SqliteEventStore(GroupCommitStore):
         await self._open_reader()
         self._start_writer()
         self._wal_task = asyncio.create_task(self._checkpoint_wal(), name="lighthouse-wal")
+        await self._sign_tree_head()
 
     async def _checkpoint_wal(self) -> None:
         """Copy the WAL into the database off the commit path.
@@ -237,8 +242,69 @@ class SqliteEventStore(GroupCommitStore):
             self._head = self._load_head(conn)
             row = conn.execute("SELECT max(size) FROM checkpoints").fetchone()
             self._last_checkpoint_size = row[0] or 0
+            self._frontier = self._load_frontier(conn)
+            row = conn.execute("SELECT max(size) FROM tlog_checkpoints").fetchone()
+            self._last_tree_size = row[0] or 0
         except sqlite3.Error as exc:
             raise store_error(exc, f"cannot open store {self.config.path}") from None
+
+    def _load_frontier(self, conn: sqlite3.Connection) -> merkle.Frontier | None:
+        """The tree's right edge at the head; builds the missing nodes of a store that
+        predates the tree (or a tail after a crash-free but tree-less write) once."""
+        size = self._head.position
+        tile = 1 << merkle.STORED_LEVEL
+        (built,) = conn.execute(
+            "SELECT count(*) FROM merkle_nodes WHERE level = ?", (merkle.STORED_LEVEL,)
+        ).fetchone()
+        start = min(built * tile, size - size % tile)
+        try:
+            frontier = merkle.Frontier(
+                start, self._node_hashes(conn, merkle.Frontier.nodes_for(start))
+            )
+        except StoreError:  # nodes missing in the middle: rebuild the whole tree
+            start, frontier = 0, merkle.Frontier()
+        pending: list[tuple[int, int, bytes]] = []
+        position = start + 1
+        while position <= size:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE position >= ? ORDER BY position LIMIT 5000",
+                (position,),
+            ).fetchall()
+            if not rows:
+                break
+            for row in rows:
+                record = record_from_row(row)
+                if record.position != frontier.size + 1:
+                    log.warning(
+                        "store %s is damaged (position %d is missing): it keeps no Merkle "
+                        "tree and signs no tree checkpoints; run `lighthouse verify`",
+                        self.config.path,
+                        frontier.size + 1,
+                    )
+                    return None
+                done = frontier.append(leaf_of(record))
+                pending += [n for n in done if n[0] >= merkle.STORED_LEVEL]
+            position = rows[-1][0] + 1
+        if pending:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT OR IGNORE INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", pending
+            )
+            conn.execute("COMMIT")
+        return frontier
+
+    @staticmethod
+    def _node_hashes(conn: sqlite3.Connection, nodes: list[merkle.Node]) -> list[bytes]:
+        """Stored hashes of `nodes` (all at or above the stored level), in order."""
+        out = []
+        for level, index in nodes:
+            row = conn.execute(
+                "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"Merkle tree node {level}/{index} is missing")
+            out.append(row[0])
+        return out
 
     def _load_head(self, conn: sqlite3.Connection) -> Head:
         row = conn.execute(
@@ -314,13 +380,15 @@ class SqliteEventStore(GroupCommitStore):
         head = Head(self._head.position, self._head.hash, self._head.digest)
         versions: dict[str, int] = {}
         rows: list[tuple[Any, ...]] = []
+        leaves: list[bytes] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             known = self._known_ids(conn, batch) if lookup else {}
-            results = [self._stage(conn, req, head, versions, known, rows) for req in batch]
+            results = [self._stage(conn, req, head, versions, known, rows, leaves) for req in batch]
             if not lookup and any(isinstance(r, StoreError) for r in results):
                 raise _NeedsLookup
             conn.executemany(_INSERT, rows)
+            frontier = self._grow_tree(conn, leaves)
             conn.execute("COMMIT")
         except (sqlite3.IntegrityError, _NeedsLookup):
             conn.execute("ROLLBACK")
@@ -330,10 +398,22 @@ class SqliteEventStore(GroupCommitStore):
                 conn.execute("ROLLBACK")
             return [store_error(exc, "append failed, nothing written")] * len(batch)
         self._head = head
+        self._frontier = frontier
         if len(self._versions) + len(versions) > _VERSION_CACHE_LIMIT:
             self._versions.clear()
         self._versions.update(versions)
         return results
+
+    def _grow_tree(self, conn: sqlite3.Connection, leaves: list[bytes]) -> merkle.Frontier | None:
+        """The Merkle hook: the batch's leaves onto a copy of the tree, its new nodes stored
+        in the batch's transaction (the copy is published only after the commit)."""
+        if self._frontier is None or self._frontier.size != self._head.position:
+            return None  # a damaged store opened with accept_damage keeps no tree
+        frontier = self._frontier.copy()
+        nodes = frontier.extend(leaves)
+        if nodes:
+            conn.executemany(_INSERT_NODE, nodes)
+        return frontier
 
     def _known_ids(
         self, conn: sqlite3.Connection, batch: list[PendingAppend]
@@ -368,6 +448,7 @@ class SqliteEventStore(GroupCommitStore):
         versions: dict[str, int],
         known: dict[str, tuple[Any, ...]],
         rows: list[tuple[Any, ...]],
+        leaves: list[bytes],
     ) -> list[int] | StoreError:
         """Check one request and add its rows to the transaction; never raise for the caller."""
         assert self._chain_key is not None
@@ -379,6 +460,7 @@ class SqliteEventStore(GroupCommitStore):
             versions,
             known,
             rows,
+            leaves,
         )
 
     async def _store_checkpoint(self, checkpoint: Checkpoint) -> None:
@@ -459,6 +541,69 @@ class SqliteEventStore(GroupCommitStore):
             )
             for r in rows
         ]
+
+    # -- transparency log ----------------------------------------------------------------
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        if self._reader is None:
+            raise OperationalError("store is closed")
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise store_error(exc, "read failed") from None
+
+    async def tree_nodes(self, keys: Collection[merkle.Node]) -> dict[merkle.Node, bytes]:
+        """Stored Merkle nodes by (level, index): one query for a whole proof."""
+        keys = list(keys)
+        found: dict[merkle.Node, bytes] = {}
+        for start in range(0, len(keys), 200):
+            chunk = keys[start : start + 200]
+            # OR of equalities: SQLite searches the primary key once per term (a row-value
+            # IN (VALUES …) scans the whole table).
+            where = " OR ".join("(level = ? AND idx = ?)" for _ in chunk)
+            flat = [v for key in chunk for v in key]
+            for level, idx, h in await self._rows(
+                f"SELECT level, idx, hash FROM merkle_nodes WHERE {where}", flat
+            ):
+                found[(level, idx)] = h
+        return found
+
+    async def tree_checkpoints(self, size: int | None = None) -> list[TreeCheckpoint]:
+        """Signed checkpoint notes (all, or the one at `size`), with stored cosignatures."""
+        where, params = ("WHERE size = ?", (size,)) if size is not None else ("", ())
+        notes = await self._rows(
+            f"SELECT size, note FROM tlog_checkpoints {where} ORDER BY size", params
+        )
+        cosigs: dict[int, list[str]] = {}
+        for n, line in await self._rows(
+            f"SELECT size, line FROM tlog_cosignatures {where} ORDER BY time", params
+        ):
+            cosigs.setdefault(n, []).append(line)
+        return [TreeCheckpoint(n, note + "".join(cosigs.get(n, []))) for n, note in notes]
+
+    async def _store_tree_checkpoint(self, cp: TreeCheckpoint) -> None:
+        await self._write(
+            "INSERT OR IGNORE INTO tlog_checkpoints (size, note) VALUES (?, ?)", (cp.size, cp.note)
+        )
+
+    async def add_cosignature(self, size: int, witness: str, line: str) -> None:
+        """Keep a witness's cosignature line of the checkpoint at `size` (latest per witness)."""
+        await self._write(
+            "INSERT OR REPLACE INTO tlog_cosignatures (size, witness, line, time) "
+            "VALUES (?, ?, ?, ?)",
+            (size, witness, line, time.time()),
+        )
+
+    async def _write(self, sql: str, params: Sequence[Any]) -> None:
+        def run() -> None:
+            if self._wconn is None:
+                raise OperationalError("the store is read-only")
+            try:
+                self._wconn.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise store_error(exc, "write failed") from None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, run)
 
     async def key_fingerprint(self) -> str | None:
         if self._reader is None:

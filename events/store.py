@@ -18,7 +18,16 @@ from pathlib import Path
 
 from .chain import ChainKey, CheckpointFile, CheckpointSigner
 from .errors import StoreClosed, StoreError
+from .merkle import Frontier
 from .model import ANY_VERSION, GENESIS_HASH, Checkpoint, NewEvent, Record
+from .note import TreeHead
+from .tlog import (
+    TreeCheckpoint,
+    TreeCheckpointFile,
+    origin_of,
+    sign_tree_head,
+    tree_checkpoint_path,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +168,9 @@ class GroupCommitStore(EventStore):
         self._checkpoint_file = CheckpointFile(config.checkpoints)
         self._last_checkpoint_size = 0
         self._last_checkpoint_time = time.monotonic()
+        self._frontier: Frontier | None = None
+        """The Merkle tree's right edge as of the last commit (replaced, never mutated)."""
+        self._last_tree_size = 0
         self.commit_observer: Callable[[int, float], None] | None = None
         """Called after each group commit with (events, seconds): metrics hook."""
 
@@ -254,9 +266,27 @@ class GroupCommitStore(EventStore):
         )
         await self._store_checkpoint(checkpoint)
         await asyncio.to_thread(self._checkpoint_file.append, checkpoint)
+        await self._sign_tree_head()
         self._last_checkpoint_size = head.position
         self._last_checkpoint_time = time.monotonic()
         return checkpoint
+
+    async def _sign_tree_head(self) -> None:
+        """Beside the chain checkpoint, a C2SP checkpoint note over the Merkle root."""
+        frontier = self._frontier
+        if frontier is None or self._signer is None or frontier.size <= self._last_tree_size:
+            return
+        origin = origin_of(self.store_id)
+        head = TreeHead(origin, frontier.size, frontier.root())
+        cp = TreeCheckpoint(head.size, sign_tree_head(self._signer.note_signer(origin), head))
+        await self._store_tree_checkpoint(cp)
+        path = tree_checkpoint_path(self.config.checkpoints)
+        await asyncio.to_thread(TreeCheckpointFile(path).append, cp)
+        self._last_tree_size = head.size
+
+    async def _store_tree_checkpoint(self, cp: TreeCheckpoint) -> None:
+        """Backends that keep a Merkle tree (they set `_frontier`) store its notes."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no Merkle tree")
 
     async def checkpoint(self) -> Checkpoint | None:
         """Force a checkpoint of the current head (no-op when nothing new was appended)."""

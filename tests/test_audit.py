@@ -224,10 +224,10 @@ def test_security_report_groups_by_reason_agent_and_lists_flag_changes() -> None
 # -- exports -----------------------------------------------------------------------------
 
 
-async def _export(db: Path, out: Path, query: AuditQuery | None = None) -> Any:
+async def _export(db: Path, out: Path, query: AuditQuery | None = None, **options: Any) -> Any:
     source = await StoreSource.open(db)
     try:
-        return await write_export(source, query or AuditQuery(), out)
+        return await write_export(source, query or AuditQuery(), out, **options)
     finally:
         await source.close()
 
@@ -276,11 +276,11 @@ async def test_records_after_the_last_checkpoint_are_reported_not_covered(tmp_pa
     assert "3 records after position 22 are not covered by a checkpoint" in report.describe()
 
 
-async def test_filtered_export_proves_which_records_match(
+async def test_contiguous_filtered_export_proves_which_records_match(
     db: Path, public_key: bytes, tmp_path: Path
 ) -> None:
     out = tmp_path / "bob.jsonl"
-    summary = await _export(db, out, AuditQuery(agent="bob"))
+    summary = await _export(db, out, AuditQuery(agent="bob"), contiguous=True)
     assert summary.matched == 10 and summary.first == 1
     report = verify_export(out, public_key)
     assert report.ok and report.matched == 10 and report.selector == {"agent": "bob"}

@@ -198,7 +198,7 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
 
 def test_migrations_apply_once_and_refuse_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "m.db"
-    assert migrate(path) == [1]
+    assert migrate(path) == [1, 2]
     assert migrate(path) == []
     conn = sqlite3.connect(path)
     conn.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")
@@ -206,3 +206,32 @@ def test_migrations_apply_once_and_refuse_newer_schema(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="newer than this release"):
         migrate_sqlite(conn)
     conn.close()
+
+
+async def test_a_store_without_a_merkle_tree_gets_one_built_and_its_old_checkpoints_verify(
+    tmp_path: Path,
+) -> None:
+    """A store written before the tree (no node rows, no tree checkpoints) is migrated."""
+    from events import merkle
+    from events.tlog import inclusion_proof, leaf_of, tree_root
+
+    config = await _filled(tmp_path, n=45)
+    conn = sqlite3.connect(config.path)
+    for table in ("merkle_nodes", "tlog_checkpoints"):
+        conn.execute(f"DROP TRIGGER {table}_no_delete")
+        conn.execute(f"DELETE FROM {table}")
+    conn.commit()
+    conn.close()
+    store = await SqliteEventStore.open(config)
+    try:
+        records = await store.read_all(1, limit=None)
+        root = merkle.root_from_leaves([leaf_of(r) for r in records])
+        assert await tree_root(store, 45) == root
+        [cp] = await store.tree_checkpoints()  # signed at open over the rebuilt tree
+        assert cp.size == 45
+        proof = await inclusion_proof(store, 30, 45)
+        merkle.verify_inclusion(leaf_of(records[30]), 30, 45, proof, root)
+    finally:
+        await store.close()
+    report = await _verify(config)
+    assert report.ok, report.problems
