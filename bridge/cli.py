@@ -260,8 +260,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
-    from .agents import AgentError
-
     op, name = args.agents_command, getattr(args, "name", None)
     if _use_server(args):
         db = _db(args)
@@ -284,6 +282,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
             if op == "rotate-key":
                 return await agents.rotate(name, "cli")
             return await agents.revoke(name, "cli")
+
+        from .agents import AgentError
 
         try:
             result = _direct(_db(args), work)
