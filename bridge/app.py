@@ -91,12 +91,18 @@ class Bridge:
     guard: Guard | None = None
 
     async def close(self) -> None:
-        await self.log.stop_following()
-        await self.router.close()
-        await self.nonces.close()
-        await self.agent_limiter.close()
-        self.vault.close()
-        await self.store.close()
+        """Close everything, each step whatever the previous one raised: the store (and
+        its writer lock) must be released even when a stop goes wrong."""
+        try:
+            await self.log.stop_following()
+            await self.router.close()
+        finally:
+            try:
+                await self.nonces.close()
+                await self.agent_limiter.close()
+                self.vault.close()
+            finally:
+                await self.store.close()
 
 
 def _load_or_create_key(path: Path, *, fresh: bool) -> bytes:
@@ -125,6 +131,7 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
     registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
     requests, presence, metrics = Requests(), Presence(), Metrics()
     store.commit_observer = metrics.observe_commit
+    store.state.observer = metrics.observe_store_failure
     event_logger = EventLogger()
     event_log = Log(store, [RegistryProjection(registry), flags, requests, mailboxes, event_logger])
     replayed = await event_log.replay()
@@ -254,7 +261,9 @@ def create_app(settings: Settings) -> web.Application:
 def _bridge_ctx(settings: Settings) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         bridge = await open_bridge(settings)
-        try:
+        flusher: asyncio.Task[None] | None = None
+        endpoint: McpEndpoint | None = None
+        try:  # any step below that fails (or a SIGTERM meanwhile) still closes the bridge
             request_state_key = _load_or_create_key(settings.keys / "request_state.key", fresh=True)
             tools = AgentTools(
                 bridge.log,
@@ -264,7 +273,7 @@ def _bridge_ctx(settings: Settings) -> Any:
                 bridge.metrics,
                 max_wait_s=settings.max_wait_s,
             )
-            bridge.endpoint = McpEndpoint(
+            endpoint = bridge.endpoint = McpEndpoint(
                 tools,
                 tools,
                 SessionTable(
@@ -284,19 +293,18 @@ def _bridge_ctx(settings: Settings) -> Any:
             moved = await bridge.router.adopt_open_requests()
             if moved:
                 log.info("moved %d elicitations of the previous run to the legacy path", moved)
-            bridge.endpoint.start()
-        except BaseException:
-            await bridge.close()
-            raise
-        try:
+            endpoint.start()
             yield
         finally:
-            await bridge.endpoint.close()
+            if endpoint is not None:
+                await endpoint.close()
             await bridge.router.close()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            await flush_refusals(bridge, final=True)
+            if flusher is not None and not flusher.done():
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
+            if flusher is not None:
+                await flush_refusals(bridge, final=True)
             await bridge.close()
 
     return ctx
@@ -309,11 +317,20 @@ async def _mcp(request: web.Request) -> web.StreamResponse:
 
 
 async def _health(request: web.Request) -> web.Response:
+    """`status` is `degraded` (with the store's cause) while the store fails, `draining`
+    during a stop, else `ok`; still 200, so a load balancer keeps it while it recovers."""
     bridge = request.app[BRIDGE]
     head = await bridge.store.head()
+    store_health = bridge.store.health()
+    status = "ok"
+    if store_health["status"] != "ok":
+        status = "degraded"
+    if bridge.router.draining:
+        status = "draining"
     return web.json_response(
         {
-            "status": "draining" if bridge.router.draining else "ok",
+            "status": status,
+            "reason": store_health["reason"],
             "version": package_version(),
             # Overrides and who changed what are behind the admin API (`/feature_flags`).
             "flags": bridge.flags.public(),
@@ -321,6 +338,7 @@ async def _health(request: web.Request) -> web.Response:
                 "position": head.position,
                 "head_hash": head.hash,
                 "store_id": bridge.store.store_id,
+                **store_health,
             },
             "sessions": bridge.presence.counts(),
             "open_requests": len(bridge.requests.open),
@@ -333,6 +351,10 @@ async def _metrics(request: web.Request) -> web.Response:
     state = bridge.flags.state
     bridge.metrics.elicitation_enabled.set(1 if state.elicitation_enabled else 0)
     bridge.metrics.rollout_percent.set(state.rollout_percent)
+    bridge.metrics.store_degraded.set(1 if bridge.store.state.degraded else 0)
+    wal = getattr(bridge.store, "wal", None)  # SQLite only
+    if wal is not None:
+        bridge.metrics.store_wal_frames.set(wal.wal_frames)
     return web.Response(
         body=bridge.metrics.render(), headers={"Content-Type": bridge.metrics.content_type}
     )

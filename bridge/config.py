@@ -95,12 +95,19 @@ class Settings:
             path=self.db,
             url=self.database_url,
             key_dir=self.key_dir,
-            checkpoint_file=self.checkpoint_file,
+            checkpoint_file=self.checkpoint_file or env_checkpoint_file(),
             synchronous=self.synchronous,
             checkpoint_every=self.checkpoint_every,
             checkpoint_interval=self.checkpoint_interval,
             readonly=readonly,
         )
+
+
+def env_checkpoint_file() -> Path | None:
+    """`LIGHTHOUSE_CHECKPOINT_FILE`: where every command finds the signed checkpoint file
+    when it is kept away from the database (another disk or host), as it should be."""
+    value = os.environ.get("LIGHTHOUSE_CHECKPOINT_FILE")
+    return Path(value) if value else None
 
 
 def env_admin_token() -> str | None:
