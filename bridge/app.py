@@ -108,7 +108,15 @@ class Bridge:
 def _load_or_create_key(path: Path, *, fresh: bool) -> bytes:
     if path.exists():
         raw = path.read_bytes().strip()
-        return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+        try:
+            key = base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
+        except ValueError:
+            key = b""
+        if len(key) != 32:  # never use a damaged key, never silently replace it
+            raise RuntimeError(
+                f"key file {path} is damaged (not 32 bytes of base64url); restore it from backup"
+            )
+        return key
     if not fresh:
         raise RuntimeError(f"key file {path} is missing for an existing store; restore it")
     key = os.urandom(32)
