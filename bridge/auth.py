@@ -13,22 +13,30 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from events import NewEvent
-from security import Rejection, RequestView, bearer_token
+from events import NewEvent, StoreError
+from security import ConsoleSession, ConsoleSessions, Rejection, RequestView, bearer_token
 
 from .domain import ADMIN_AUTH_FAILED, AUTH_REJECTED, RATE_LIMITED, SECURITY_STREAM
+from .unavailable import as_store_error, unavailable, unavailable_response
 
 if TYPE_CHECKING:
     from .app import Bridge
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AGENT = web.RequestKey("lighthouse_agent", str)
+OPERATOR = web.RequestKey("lighthouse_operator", str)
+"""Who made an admin call through the console (`console:<name>`), set by `admin_auth`."""
+CONSOLE_SESSIONS = web.AppKey("console_sessions", ConsoleSessions)
+CONSOLE_COOKIE = "lh_console"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 log = logging.getLogger("lighthouse.security")
 
 
@@ -201,7 +209,15 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.StreamRespon
     view = RequestView(head.method, head.path, head.query, head.headers, body)
     verdict: Any = bridge.verifier.check_body(headed, view)
     if not isinstance(verdict, Rejection):
-        verdict = await bridge.verifier.claim(verdict)
+        try:
+            verdict = await bridge.verifier.claim(verdict)
+        except Exception as exc:  # the nonce store failed: 503 with its reason, not a 500
+            error = as_store_error(exc, "nonce store")
+            if error is None:
+                raise
+            bridge.store.state.failed("nonce_store", error, hold_s=10.0)
+            return unavailable_response(error)
+        bridge.store.state.succeeded("nonce_store")
     if isinstance(verdict, Rejection):
         return await _reject_signature(bridge, verdict, base)
     agent = verdict.agent
@@ -273,6 +289,23 @@ def _is_admin_path(path: str) -> bool:
     return path == "/feature_flags" or path.startswith("/admin/")
 
 
+def console_session(request: web.Request) -> ConsoleSession | None:
+    """The console session named by the request's cookie, if it is live."""
+    sessions = request.app.get(CONSOLE_SESSIONS)
+    return None if sessions is None else sessions.get(request.cookies.get(CONSOLE_COOKIE))
+
+
+def _console_refusal(request: web.Request, session: ConsoleSession) -> str | None:
+    """Why a console call may not proceed: a state-changing one needs Origin and CSRF."""
+    if request.method in _SAFE_METHODS:
+        return None
+    if request.headers.get("Origin") is None:  # browsers send it on every POST/DELETE
+        return "missing_origin"
+    if not ConsoleSessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
+        return "csrf_failed"
+    return None
+
+
 def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
     """Bearer token on `/feature_flags` and `/admin/…`; agent keys never grant these.
 
@@ -281,6 +314,10 @@ def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
     the throttle (a 256-bit token cannot be guessed anyway; the throttle only keeps a
     guesser from burning CPU), and requests without any token — a cross-site `<img>` —
     are refused without counting. Every failure is recorded within the refusal budget.
+
+    A console session cookie (see `bridge.console`) stands in for the token when no
+    `Authorization` header is sent; a state-changing call must then also carry the
+    session's CSRF token and an Origin (which `bridge.origin` has already checked).
     """
 
     @web.middleware
@@ -291,10 +328,17 @@ def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
         remote = client_address(request, bridge.settings.trusted_proxies)
         origin = bridge.origin.check(request.host, request.headers.get("Origin"))
         if origin is not None:
-            return await _admin_failure(bridge, remote, request.path, origin.reason, 403)
+            return await refuse_admin(bridge, remote, request.path, origin.reason, 403)
+        session = None if "Authorization" in request.headers else console_session(request)
+        if session is not None:
+            refused = _console_refusal(request, session)
+            if refused is not None:
+                return await refuse_admin(bridge, remote, request.path, refused, 403)
+            request[OPERATOR] = f"console:{session.operator}"
+            return await _admin_handler(handler, request)
         result = bridge.admin.check(remote, request.headers.get("Authorization"))
         if not result.ok:
-            return await _admin_failure(
+            return await refuse_admin(
                 bridge,
                 remote,
                 request.path,
@@ -302,12 +346,23 @@ def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
                 result.status,
                 result.retry_after,
             )
-        return await handler(request)
+        return await _admin_handler(handler, request)
 
     return middleware
 
 
-async def _admin_failure(
+async def _admin_handler(handler: Handler, request: web.Request) -> web.StreamResponse:
+    """An admin route whose store (or the vault beside it) fails answers JSON 503."""
+    try:
+        return await handler(request)
+    except (StoreError, sqlite3.Error) as exc:
+        error = as_store_error(exc, "admin request")
+        if error is None or not unavailable(error):
+            raise
+        return unavailable_response(error, detail=True)
+
+
+async def refuse_admin(
     bridge: Bridge,
     remote: str,
     path: str,
@@ -315,6 +370,8 @@ async def _admin_failure(
     status: int,
     retry_after: float | None = None,
 ) -> web.Response:
+    """Count, record (within the refusal budget) and refuse a failed admin authentication;
+    the console's sign-in uses it too, so its failures look like any admin failure."""
     bridge.metrics.admin_auth_failures.inc()
     data = {"remote": remote, "reason": reason, "path": path, "agent": None}
     await _record(bridge, ADMIN_AUTH_FAILED, remote, reason, data)

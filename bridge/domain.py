@@ -41,10 +41,13 @@ DRAIN_FINISHED: Final = "DrainFinished"
 REPAIR_COMPLETED: Final = "RepairCompleted"
 DAMAGE_ACCEPTED: Final = "DamageAccepted"
 AUTO_ROLLBACK: Final = "AutoRollbackTriggered"
+RUNBOOK_STEP: Final = "RunbookStepRecorded"
 # Security
 AUTH_REJECTED: Final = "AuthRejected"
 RATE_LIMITED: Final = "RateLimited"
 ADMIN_AUTH_FAILED: Final = "AdminAuthFailed"
+CONSOLE_SIGNED_IN: Final = "ConsoleSignedIn"
+CONSOLE_SIGNED_OUT: Final = "ConsoleSignedOut"
 NONCE_STORE_CREATED: Final = "NonceStoreCreated"
 CONTENTS_READ: Final = "ContentsRead"
 

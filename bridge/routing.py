@@ -18,9 +18,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcp.shared.exceptions import MCPError
-from mcp_types.jsonrpc import CONNECTION_CLOSED
-
 from events import NewEvent
 from security import AgentInfo, KeyRegistry
 
@@ -41,6 +38,7 @@ from .domain import (
 )
 from .flags import Flags, FlagState
 from .log import Log
+from .mcp import PushFailed
 from .metrics import Metrics
 from .schema import ContentError, check_content, check_schema
 from .sessions import LiveSession, Presence
@@ -153,6 +151,7 @@ class Router:
         self.default_timeout_s = default_timeout_s
         self.max_timeout_s = max_timeout_s
         self.draining = False
+        self.stopping = False  # this bridge is shutting down: new asks are refused
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.elicitation_observer: Any = None  # the auto-rollback guard (bridge.guard.Guard)
@@ -165,6 +164,8 @@ class Router:
         self, caller: str, to: str, message: str, schema: object, timeout_s: float | None
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        if self.stopping:
+            raise AskError("bridge_stopping: this bridge is shutting down; retry the ask shortly")
         checked = self._check_ask(to, message, schema, timeout_s)
         recipient = self._resolve(caller, to)
         timeout = checked
@@ -470,10 +471,9 @@ class Router:
         except TimeoutError:
             self.metrics.elicitations.labels("timeout").inc()
             return
-        except (MCPError, OSError, RuntimeError, AttributeError) as exc:
+        except PushFailed as exc:
             self._observe(False, started)
-            closed = isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED
-            gone = closed or self.presence.get(session.session_id) is None
+            gone = exc.gone or self.presence.get(session.session_id) is None
             cause = "session_gone" if gone else "transport_error"
             log.info("elicitation of %s failed (%s): %s", req.request_id, cause, exc)
             await self.fall_back(req, cause)

@@ -31,6 +31,8 @@ RUNSHEET_ALERTS = {
     "LighthouseFallbackRateHigh": "lighthouse_fallbacks_total",
     "LighthouseStoreAppendP99High": "lighthouse_store_append_seconds_bucket",
     "LighthouseEncryptionFailures": "lighthouse_encryption_failures_total",
+    "LighthouseStoreDegraded": "lighthouse_store_degraded",
+    "LighthouseStoreWalCheckpointFailing": 'component="wal_checkpoint"',
 }
 
 
