@@ -17,8 +17,15 @@ Every cell runs a warm-up, then a fixed measuring window; throughput counts the 
 whose append completed inside the window. Errors are counted by exception type, and after
 each cell the row count in the database is checked against the appends that succeeded.
 
+The ``log`` and ``log-sealed`` systems measure what encryption at rest costs an ask: each
+append is a typical ``RequestCreated`` (a new request stream, expected version 0) through
+the bridge's `Log`, without and with the `Sealer` (AES-256-GCM under the asker's data key,
+bound to store/stream/version/event id). Their cells also report process CPU per append,
+and the summary prints the sealed cell's CPU overhead beside its unsealed peer.
+
     python -m benchmarks.event_store            # ~3 s per cell, FULL and NORMAL
     python -m benchmarks.event_store --quick    # smoke run
+    python -m benchmarks.event_store --systems log log-sealed --sync FULL
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import shutil
 import sqlite3
 import sys
@@ -90,6 +98,7 @@ class CellResult:
     errors: dict[str, int] = field(default_factory=dict)
     ok_events_total: int = 0
     rows_in_db: int | None = None
+    cpu_us_per_append: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -187,12 +196,50 @@ def _journal_mode(db: Path) -> str | None:
 # -- ours ------------------------------------------------------------------------------------
 
 
+def ask_created(seq: int, asker: str) -> dict[str, Any]:
+    """A typical RequestCreated: a two-sentence question and a small answer schema."""
+    return {
+        "request_id": uuid.uuid4().hex,
+        "from": asker,
+        "to": "reviewer",
+        "recipient": "reviewer",
+        "message": f"Please review change #{seq}: does the retry loop in the uploader back off "
+        "exponentially, and is the maximum wait bounded? Answer yes/no with a reason.",
+        "schema": {
+            "type": "object",
+            "properties": {"approved": {"type": "boolean"}, "reason": {"type": "string"}},
+            "required": ["approved"],
+        },
+        "timeout_s": 60.0,
+        "deadline": time.time() + 60.0,
+    }
+
+
+def _bridge_log(store: SqliteEventStore, db: Path, sealed: bool) -> tuple[Any, Any]:
+    from bridge.log import Log
+    from bridge.sealing import Sealer
+    from security import DataKeys, SQLiteSecretVault
+
+    if not sealed:
+        return Log(store, []), None
+    vault = SQLiteSecretVault(db, os.urandom(32))
+    return Log(store, [], sealer=Sealer(store.store_id, DataKeys(vault))), vault
+
+
 async def _ours_cell(
-    cell_dir: Path, sync: str, w: Workload, payload: dict[str, Any], warmup: float, seconds: float
+    cell_dir: Path,
+    sync: str,
+    w: Workload,
+    payload: dict[str, Any],
+    warmup: float,
+    seconds: float,
+    system: str = "ours",
 ) -> CellResult:
     db = cell_dir / "bench.db"
     store = await SqliteEventStore.open(StoreConfig(path=db, synchronous=sync))
-    result = CellResult("ours", w.name, sync, w.appenders, w.batch, seconds)
+    result = CellResult(system, w.name, sync, w.appenders, w.batch, seconds)
+    via_log = system in ("log", "log-sealed")
+    log, vault = _bridge_log(store, db, system == "log-sealed") if via_log else (None, None)
     # Effective setting on the writer connection (private attribute: best effort only).
     wconn = getattr(store, "_wconn", None)
     effective = None
@@ -213,19 +260,30 @@ async def _ours_cell(
     stop = False
     t0 = time.perf_counter()
     start, end = t0 + warmup, t0 + warmup + seconds
+    cpu: list[float] = []
 
     async def appender(i: int) -> None:
         st = stats[i]
         stream = f"bench-{i}"
         seq = 0
         while not stop:
-            events = [
-                NewEvent(type=EVENT_TYPE, data={**payload, "seq": seq + k}, actor="bench")
-                for k in range(w.batch)
-            ]
+            if via_log:
+                asker = f"agent-{i % 20}"
+                events = [
+                    NewEvent(type="RequestCreated", data=ask_created(seq + k, asker), actor=asker)
+                    for k in range(w.batch)
+                ]
+            else:
+                events = [
+                    NewEvent(type=EVENT_TYPE, data={**payload, "seq": seq + k}, actor="bench")
+                    for k in range(w.batch)
+                ]
             started = time.perf_counter()
             try:
-                await store.append(stream, events)
+                if log is not None:
+                    await log.append(f"request-{i}-{seq}", events, expected_version=0)
+                else:
+                    await store.append(stream, events)
             except Exception as exc:
                 st.errors[type(exc).__name__] += 1
                 await asyncio.sleep(0.001)  # never spin without yielding
@@ -235,7 +293,10 @@ async def _ours_cell(
 
     tasks = [asyncio.create_task(appender(i)) for i in range(w.appenders)]
     try:
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        cpu.append(time.process_time())
         await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        cpu.append(time.process_time())
     finally:
         stop = True
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
@@ -243,8 +304,13 @@ async def _ours_cell(
             if isinstance(o, BaseException):
                 stats[0].errors[f"appender crashed: {type(o).__name__}"] += 1
         await store.close()
+        if vault is not None:
+            vault.close()
     result.rows_in_db = _count_rows(db, "events")
-    return _finish(result, stats)
+    result = _finish(result, stats)
+    if len(cpu) == 2 and result.appends:
+        result.cpu_us_per_append = round((cpu[1] - cpu[0]) / result.appends * 1e6, 1)
+    return result
 
 
 # -- eventsourcing ---------------------------------------------------------------------------
@@ -380,7 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument(
-        "--systems", nargs="+", default=["ours", "eventsourcing"], choices=["ours", "eventsourcing"]
+        "--systems",
+        nargs="+",
+        default=["ours", "eventsourcing", "log", "log-sealed"],
+        choices=["ours", "eventsourcing", "log", "log-sealed"],
     )
     parser.add_argument("--event-bytes", type=int, default=800, help="JSON size of event data")
     parser.add_argument("--tmpdir", type=Path, default=None, help="where the databases go")
@@ -413,9 +482,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cell_dir = Path(tmp) / f"{system}-{sync}-{name}"
                     cell_dir.mkdir()
                     gc.collect()
-                    if system == "ours":
+                    if system != "eventsourcing":
                         r = asyncio.run(
-                            _ours_cell(cell_dir, sync, w, payload, args.warmup, args.seconds)
+                            _ours_cell(
+                                cell_dir, sync, w, payload, args.warmup, args.seconds, system
+                            )
                         )
                     else:
                         r = _theirs_cell(cell_dir, sync, w, payload, args.warmup, args.seconds)
@@ -425,7 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"  {system:<13} {sync:<6} {w.label:<26} {_fmt_rate(r.ev_per_s):>9} ev/s"
                         f"  p50 {_fmt_ms(r.latency_ms['p50'])} ms"
-                        f"  p99 {_fmt_ms(r.latency_ms['p99'])} ms{err}",
+                        f"  p99 {_fmt_ms(r.latency_ms['p99'])} ms"
+                        f"  cpu {r.cpu_us_per_append if r.cpu_us_per_append else '-'} us/append"
+                        f"{err}",
                         flush=True,
                     )
 
@@ -488,6 +561,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             line += f"; {target['ratio']:.2f}x eventsourcing vs {TARGET_RATIO:g}x -> "
             line += "met" if target["ratio_met"] else "NOT met"
         print(line)
+    sealing = _sealing_costs(by_key, args.sync, args.workloads)
+    seal_cost = None
+    if "log-sealed" in args.systems:
+        with tempfile.TemporaryDirectory(prefix="lighthouse-seal-", dir=root) as tmp:
+            seal_cost = seal_cost_us(Path(tmp))
+        print(
+            f"\nsealing one RequestCreated alone: {seal_cost['seal_us']} us CPU to seal, "
+            f"{seal_cost['open_us']} us to open (replay)"
+        )
+    if sealing:
+        print()
+        print(
+            format_table(
+                [
+                    "workload",
+                    "sync",
+                    "log cpu us/append",
+                    "sealed cpu us/append",
+                    "cpu +%",
+                    "log ev/s",
+                    "sealed ev/s",
+                ],
+                [
+                    [
+                        c["workload"],
+                        c["synchronous"],
+                        c["log_cpu_us"],
+                        c["sealed_cpu_us"],
+                        f"{c['cpu_overhead_pct']:+.1f}%",
+                        _fmt_rate(c["log_ev_per_s"]),
+                        _fmt_rate(c["sealed_ev_per_s"]),
+                    ]
+                    for c in sealing
+                ],
+            )
+        )
     total_errors = sum(r.error_count for r in results)
     if total_errors:
         print(f"\n{total_errors} errors recorded; see 'errors' per cell in {args.out}")
@@ -511,12 +620,64 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "workloads": {n: asdict(WORKLOADS[n]) for n in args.workloads},
             },
             "comparisons": comparisons,
+            "sealing": sealing,
+            "seal_cost": seal_cost,
             "target": target,
             "cells": [asdict(r) for r in results],
         },
     )
     print(f"\nwrote {args.out}")
     return 1 if total_errors else 0
+
+
+def seal_cost_us(tmp: Path, n: int = 3000) -> dict[str, float]:
+    """CPU of sealing and of opening one typical RequestCreated, measured alone (no I/O):
+    the part of the sealed cells' overhead that load on the machine cannot blur."""
+    from bridge.sealing import Sealer
+    from security import DataKeys, SQLiteSecretVault
+
+    vault = SQLiteSecretVault(tmp / "seal-cost.db", os.urandom(32))
+    try:
+        sealer = Sealer("bench-store", DataKeys(vault))
+        events = [
+            NewEvent(type="RequestCreated", data=ask_created(i, "agent-1"), actor="agent-1")
+            for i in range(n)
+        ]
+        sealer.seal("request-x", 1, events[0])  # the data key is made outside the timing
+        t0 = time.process_time()
+        sealed = [sealer.seal("request-x", 1, e) for e in events]
+        t1 = time.process_time()
+        for e in sealed:
+            sealer.open(1, "request-x", 1, e.event_id, e.type, e.data)
+        t2 = time.process_time()
+    finally:
+        vault.close()
+    return {"seal_us": round((t1 - t0) / n * 1e6, 2), "open_us": round((t2 - t1) / n * 1e6, 2)}
+
+
+def _sealing_costs(
+    by_key: dict[tuple[str, str, str], CellResult], syncs: list[str], workloads: list[str]
+) -> list[dict[str, Any]]:
+    """Per workload, the sealed Log cell's CPU per append beside the unsealed one's."""
+    out = []
+    for sync in syncs:
+        for name in workloads:
+            plain, sealed = by_key.get(("log", sync, name)), by_key.get(("log-sealed", sync, name))
+            if not (plain and sealed and plain.cpu_us_per_append and sealed.cpu_us_per_append):
+                continue
+            out.append(
+                {
+                    "workload": name,
+                    "synchronous": sync,
+                    "log_cpu_us": plain.cpu_us_per_append,
+                    "sealed_cpu_us": sealed.cpu_us_per_append,
+                    "cpu_overhead_pct": 100
+                    * (sealed.cpu_us_per_append / plain.cpu_us_per_append - 1),
+                    "log_ev_per_s": plain.ev_per_s,
+                    "sealed_ev_per_s": sealed.ev_per_s,
+                }
+            )
+    return out
 
 
 if __name__ == "__main__":

@@ -33,11 +33,14 @@ from .display import printable, printable_lines
 from .domain import (
     ADMIN_AUTH_FAILED,
     AUTH_REJECTED,
+    CONTENTS_READ,
     FLAG_CHANGED,
+    OPS_STREAM,
     RATE_LIMITED,
     request_stream,
 )
 from .refusals import refusal_count
+from .sealing import content_fields, is_sealed, redacted
 
 if TYPE_CHECKING:
     from .app import Bridge
@@ -285,6 +288,8 @@ class HttpSource:
 
     db: Path
     _head: int = field(default=0)
+    contents: str = "stored"
+    """stored (ciphertext as in the log), open (recorded as a ContentsRead) or redact."""
 
     def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
         from .cli import _http
@@ -301,7 +306,8 @@ class HttpSource:
         return payload
 
     async def page(self, query: AuditQuery) -> Page:
-        payload = await asyncio.to_thread(self._get, "/admin/events", query.to_params())
+        params = [*query.to_params(), ("contents", self.contents)]
+        payload = await asyncio.to_thread(self._get, "/admin/events", params)
         events = msgspec.convert(payload["events"], list[Record])
         self._head = payload.get("head", 0)
         return Page(events, payload.get("next_position"), self._head)
@@ -447,6 +453,10 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def replace_data(r: Record, data: dict[str, Any]) -> Record:
+    return msgspec.structs.replace(r, data=data)
+
+
 def record_json(r: Record) -> dict[str, Any]:
     return msgspec.to_builtins(r)
 
@@ -490,6 +500,39 @@ def progress_printer(label: str) -> Callable[[int, int], None] | None:
 # -- HTTP --------------------------------------------------------------------------------
 
 
+async def _open_contents(
+    bridge: Bridge,
+    request: web.Request,
+    query: AuditQuery,
+    records: list[Record],
+    events: list[dict[str, Any]],
+) -> None:
+    """Contents in clear for an operator, and the read recorded before they are sent."""
+    from .admin import admin_actor
+
+    sealer = bridge.log.sealer
+    read = [
+        (e, r)
+        for e, r in zip(events, records, strict=True)
+        if is_sealed(r.data) or content_fields(r.type, r.data)
+    ]
+    if not read:
+        return
+    await bridge.log.record(
+        OPS_STREAM,
+        CONTENTS_READ,
+        {
+            "by": admin_actor(request),
+            "count": len(read),
+            "positions": [r.position for _, r in read][:1000],
+            "query": query.selector(),
+        },
+        actor=admin_actor(request),
+    )
+    for e, r in read:
+        e["data"] = sealer.open_record(r) if sealer is not None else r.data
+
+
 def add_routes(app: web.Application, bridge_of: Callable[[web.Request], Bridge]) -> None:
     """`/admin/events`, `/admin/checkpoints`, `/admin/checkpoint-key` (admin bearer)."""
 
@@ -503,10 +546,27 @@ def add_routes(app: web.Application, bridge_of: Callable[[web.Request], Bridge])
                 status=400,
             )
         query = replace(query, limit=min(query.limit or DEFAULT_API_LIMIT, MAX_API_LIMIT))
-        page = await query_store(bridge_of(request).store, query)
+        mode = request.query.get("contents", "stored")
+        if mode not in ("stored", "open", "redact"):
+            return web.json_response(
+                {
+                    "error": "invalid_request",
+                    "field": "contents",
+                    "message": "contents: stored, open or redact",
+                },
+                status=400,
+            )
+        bridge = bridge_of(request)
+        page = await query_store(bridge.store, query)
+        events = [record_json(r) for r in page.events]
+        if mode == "redact":
+            for e, r in zip(events, page.events, strict=True):
+                e["data"] = redacted(r.type, r.data)
+        elif mode == "open":
+            await _open_contents(bridge, request, query, page.events, events)
         return web.json_response(
             {
-                "events": [record_json(r) for r in page.events],
+                "events": events,
                 "next_position": page.next_position,
                 "head": page.head,
             }
@@ -592,14 +652,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         source = await open_source(args)
+        if getattr(args, "contents", False) and not isinstance(source, HttpSource):
+            raise AuditError("--contents needs the running bridge: every content read is recorded")
+        if isinstance(source, HttpSource):
+            source.contents = "open" if args.contents else "redact" if args.redact else "stored"
         try:
             records = iterate(source, query)
             if args.format == "jsonl":
                 async for r in records:
+                    if args.redact:  # also for a store file read directly
+                        r = replace_data(r, redacted(r.type, r.data))
                     sys.stdout.write(json.dumps(record_json(r), separators=(",", ":")) + "\n")
             else:
                 print(TABLE_HEADER)
                 async for r in records:
+                    if args.redact:
+                        r = replace_data(r, redacted(r.type, r.data))
                     print(table_row(r))
         finally:
             await source.close()
@@ -724,6 +792,15 @@ def add_commands(sub: Any) -> None:
     audit = sub.add_parser("audit", help="query, export and verify the event log")
     _add_filters(audit, limit=True)
     audit.add_argument("--format", choices=["table", "jsonl"], default="table")
+    shown = audit.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--contents",
+        action="store_true",
+        help="show contents in clear (running bridge only; each read is recorded)",
+    )
+    shown.add_argument(
+        "--redact", action="store_true", help="leave contents out (sizes and fields only)"
+    )
     audit.set_defaults(func=cmd_audit)
     asub = audit.add_subparsers(dest="audit_command")
 

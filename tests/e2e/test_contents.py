@@ -138,3 +138,23 @@ def test_wrong_or_missing_master_key_refuses_to_start(tmp_path: Path) -> None:
     bridge.start()
     assert bridge.health()  # the rotated key opens the vault
     bridge.stop()
+
+
+async def test_audit_opens_contents_for_operators_and_records_it(bridge: BridgeProcess) -> None:
+    await _ask_answered(bridge)
+    args = ("audit", "--type", "RequestCreated", "--format", "jsonl")
+    stored = lighthouse(*args, cwd=bridge.workdir, env=bridge.env).stdout
+    assert QUESTION not in stored and '"ct"' in stored  # as stored: ciphertext only
+    opened = lighthouse(*args, "--contents", cwd=bridge.workdir, env=bridge.env).stdout
+    [event] = [json.loads(line) for line in opened.splitlines()]
+    assert event["data"]["message"] == QUESTION
+    [read] = await read_events(bridge.db, ["ContentsRead"])
+    assert read.data["positions"] == [event["position"]] and read.data["count"] == 1
+    redacted = lighthouse(*args, "--redact", cwd=bridge.workdir, env=bridge.env).stdout
+    assert QUESTION not in redacted and '"ct"' not in redacted and '"size"' in redacted
+    assert len(await read_events(bridge.db, ["ContentsRead"])) == 1  # redacted: no read
+    bridge.stop()
+    direct = lighthouse(
+        *args, "--contents", "--db", str(bridge.db), cwd=bridge.workdir, check=False
+    )
+    assert direct.returncode != 0 and "running bridge" in direct.stderr
