@@ -224,6 +224,7 @@ async def rebuild(store: EventStore, progress: Progress | None = None) -> Snapsh
     from .flags import Flags
     from .mailbox import Mailboxes
     from .routing import Requests
+    from .sealing import keyless
 
     head = (await store.head()).position
     snap = Snapshot(
@@ -243,7 +244,7 @@ async def rebuild(store: EventStore, progress: Progress | None = None) -> Snapsh
         if not page:
             break
         for r in page:
-            fact = Fact(r.position, r.stream, r.type, r.data, r.actor, r.time)
+            fact = Fact(r.position, r.stream, r.type, keyless(r.type, r.data), r.actor, r.time)
             for projection in projections:
                 projection.apply(fact)
         snap.events += len(page)

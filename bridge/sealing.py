@@ -90,6 +90,22 @@ def clear_contents(type_: str, data: dict[str, Any]) -> int:
     return len(content_fields(type_, data))
 
 
+SEALED: Final = "[sealed]"
+
+
+def keyless(type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The data as a reader without content keys sees it: sealed contents read ``[sealed]``.
+
+    For tools that rebuild projections from the log but never need what was said (repair):
+    the projections find every field they expect, and no key is required."""
+    if not is_sealed(data):
+        return data
+    fields = data[ENVELOPE].get("fields") or []
+    out = {k: v for k, v in data.items() if k != ENVELOPE}
+    out.update(dict.fromkeys(fields if isinstance(fields, list) else [], SEALED))
+    return out
+
+
 def redacted(type_: str, data: dict[str, Any]) -> dict[str, Any]:
     """The data with contents left out (sealed or clear): sizes and clear fields remain."""
     if is_sealed(data):

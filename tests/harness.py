@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from bridge.client import connect
 from events import Record, SqliteEventStore, StoreConfig
 
@@ -180,11 +182,31 @@ class BridgeProcess:
             return exc.code, json.loads(exc.read() or b"null")
 
 
-async def read_events(db: Path, types: list[str] | None = None) -> list[Record]:
-    """Every event in the store (read-only open, works beside the running bridge)."""
+async def read_events(
+    db: Path, types: list[str] | None = None, *, opened: bool = True
+) -> list[Record]:
+    """Every event in the store (read-only open, works beside the running bridge).
+
+    With `opened` (the default) sealed contents come back in clear, opened with the
+    store's vault and master key as the bridge would; `opened=False` gives them as stored.
+    """
     store = await SqliteEventStore.open(StoreConfig(path=db, readonly=True))
     try:
-        return await store.read_all(1, limit=None, types=types)
+        records = await store.read_all(1, limit=None, types=types)
+        key_file = db.with_name(db.name + ".keys") / "master.key"
+        if not opened or not key_file.exists():
+            return records
+        from bridge.sealing import Sealer
+        from security import DataKeys, SQLiteSecretVault, load_master_key
+
+        vault = SQLiteSecretVault(db, load_master_key(key_file))
+        try:
+            sealer = Sealer(store.store_id, DataKeys(vault))
+            forgets = await store.read_all(1, limit=None, types=["AgentForgotten"])
+            sealer.prime(r.data for r in forgets)
+            return [msgspec.structs.replace(r, data=sealer.open_record(r)) for r in records]
+        finally:
+            vault.close()
     finally:
         await store.close()
 

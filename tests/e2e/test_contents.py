@@ -62,7 +62,7 @@ async def test_database_wal_and_nonces_hold_no_contents(bridge: BridgeProcess) -
         text = _strings(path)
         assert QUESTION not in text and ANSWER not in text, path
         assert "zebra-orchid" not in text and "vault-seven" not in text, path
-    created = [r for r in await read_events(bridge.db, ["RequestCreated"])]
+    created = await read_events(bridge.db, ["RequestCreated"], opened=False)
     assert created[0].data["from"] == "alice" and created[0].data["to"] == "bob"  # who/whom
     assert created[0].data["sealed"]["size"] > 0
 
