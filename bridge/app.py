@@ -47,7 +47,7 @@ from .mailbox import Mailboxes
 from .mcp_host import McpHost, scope_for
 from .metrics import Metrics
 from .observability import EventLogger
-from .routing import Requests, Router
+from .routing import Limits, Requests, Router
 from .sessions import Presence
 
 log = logging.getLogger("lighthouse")
@@ -138,6 +138,12 @@ async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) ->
         metrics,
         default_timeout_s=settings.default_timeout_s,
         max_timeout_s=settings.max_timeout_s,
+        limits=Limits(
+            max_content_bytes=settings.max_content_bytes,
+            max_open_per_caller=settings.max_open_per_caller,
+            max_open_per_recipient=settings.max_open_per_recipient,
+            max_fanout=settings.max_fanout,
+        ),
     )
     bridge = Bridge(
         settings=settings,
@@ -241,6 +247,9 @@ def _bridge_ctx(settings: Settings) -> Any:
         moved = await bridge.router.adopt_open_requests()
         if moved:
             log.info("moved %d elicitations of the previous run to the legacy path", moved)
+        bridge.router.spawn(
+            bridge.mailboxes.expire_forever(bridge.log, settings.message_retention_s)
+        )
         async for _ in run_in_cleanup_ctx(bridge.host.session_manager.run)(app):
             try:
                 yield

@@ -7,6 +7,9 @@ rebuilt from them. Data never carries secret material.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from typing import Final, NamedTuple
 
 # Agents and keys
@@ -21,6 +24,7 @@ SESSION_CLOSED: Final = "SessionClosed"
 MESSAGE_SENT: Final = "MessageSent"
 MESSAGE_DELIVERED: Final = "MessageDelivered"
 MAILBOX_ACKNOWLEDGED: Final = "MailboxAcknowledged"
+MAILBOX_ITEMS_EXPIRED: Final = "MailboxItemsExpired"
 # Requests (`ask`)
 REQUEST_CREATED: Final = "RequestCreated"
 REQUEST_ROUTED: Final = "RequestRouted"
@@ -63,6 +67,26 @@ TERMINAL_BY_ACTION: Final = {
 SECURITY_STREAM: Final = "security"
 FLAGS_STREAM: Final = "flags"
 OPS_STREAM: Final = "operations"
+
+
+# A caller-chosen request id (and every id the bridge makes: 32 hex digits) has this form;
+# anything else sent as a request id is junk and is stored only as a digest.
+REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def valid_request_id(value: object) -> bool:
+    return isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value) is not None
+
+
+def digest(value: object, limit: int = 64) -> dict[str, object]:
+    """A bounded stand-in for what a refused caller sent: its size, its SHA-256 and a short
+    escaped prefix, so the audit trail shows what came without storing the payload."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+    else:
+        raw = json.dumps(value, sort_keys=True, default=repr).encode()
+    sample = raw[:limit].decode("utf-8", "replace").encode("unicode_escape").decode("ascii")
+    return {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(), "sample": sample}
 
 
 def agent_stream(agent: str) -> str:

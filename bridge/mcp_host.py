@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +31,6 @@ from mcp_types import (
 from .domain import (
     MAILBOX_ACKNOWLEDGED,
     MESSAGE_DELIVERED,
-    MESSAGE_SENT,
     REQUEST_DELIVERED,
     SESSION_CLOSED,
     SESSION_OPENED,
@@ -44,7 +42,7 @@ from .domain import (
 from .log import Log
 from .mailbox import Mailboxes, MailItem
 from .metrics import Metrics
-from .routing import AnswerRefused, AskError, Router
+from .routing import AnswerRefused, Router, refusal_text
 from .sessions import MODERN_PROTOCOL, LiveSession, Presence
 
 AGENT_SCOPE_KEY = "lighthouse.agent"
@@ -176,7 +174,9 @@ class McpHost:
 
         @tool(
             description="Ask another agent (NAME, role:NAME or capability:NAME) a question; "
-            "`schema` is a flat JSON schema for the answer form."
+            "`schema` is a flat JSON schema for the answer form. Give your own `request_id` "
+            "(1-64 of A-Z a-z 0-9 _ -) to re-attach with the same call after a lost "
+            "connection; `wait: false` returns at once with status pending."
         )
         async def ask(
             to: str,
@@ -184,8 +184,26 @@ class McpHost:
             schema: dict[str, Any],
             ctx: Context,
             timeout_s: float | None = None,
+            request_id: str | None = None,
+            wait: bool = True,
         ) -> dict[str, Any]:
-            return await self._call("ask", self._ask(ctx, to, message, schema, timeout_s))
+            caller = agent_of(ctx)
+            return await self._call(
+                "ask",
+                self.router.ask(
+                    caller, to, message, schema, timeout_s, request_id=request_id, wait=wait
+                ),
+            )
+
+        @tool(
+            description="Status, path and answer of a request you asked or were asked; "
+            "`wait_s` (<= 25) long-polls until it changes."
+        )
+        async def get_request(request_id: str, ctx: Context, wait_s: float = 0) -> dict[str, Any]:
+            caller = agent_of(ctx)
+            return await self._call(
+                "get_request", self.router.get_request(caller, request_id, wait_s)
+            )
 
         @tool(description="Long-poll for messages and requests addressed to you.")
         async def wait_for_messages(
@@ -217,67 +235,25 @@ class McpHost:
         except ToolError:
             self.metrics.tool_calls.labels(tool, "refused").inc()
             raise
-        except Exception:
+        except Exception as exc:
+            text = refusal_text(exc)
+            if text is not None:  # a refusal or an unavailable store, said clearly
+                self.metrics.tool_calls.labels(tool, "refused").inc()
+                raise ToolError(text) from None
             self.metrics.tool_calls.labels(tool, "error").inc()
             raise
         self.metrics.tool_calls.labels(tool, "ok").inc()
         return result
 
-    async def _ask(
-        self,
-        ctx: Context,
-        to: str,
-        message: str,
-        schema: dict[str, Any],
-        timeout_s: float | None,
-    ) -> dict[str, Any]:
-        caller = agent_of(ctx)
-        try:
-            return await self.router.ask(caller, to, message, schema, timeout_s)
-        except AskError as exc:
-            raise ToolError(str(exc)) from None
-
     async def _respond(
         self, ctx: Context, request_id: str, action: str, content: dict[str, Any] | None
     ) -> dict[str, Any]:
         agent = agent_of(ctx)
-        try:
-            result = await self.router.answer(request_id, agent, action, content, "legacy")
-        except AnswerRefused as refused:
-            raise ToolError(f"{refused.reason}: {refused}") from None
+        result = await self.router.answer(request_id, agent, action, content, "legacy")
         return {"request_id": request_id, "status": result["status"]}
 
     async def _send(self, ctx: Context, to: str, content: str) -> dict[str, Any]:
-        sender = agent_of(ctx)
-        if not isinstance(content, str) or not content:
-            raise ToolError("content: must be a non-empty string")
-        recipients = self._recipients(sender, to)
-        message_id = uuid.uuid4().hex
-        await self.log.append_events(
-            message_stream(message_id),
-            sender,
-            [
-                (
-                    MESSAGE_SENT,
-                    {"message_id": message_id, "from": sender, "to": r, "content": content},
-                )
-                for r in recipients
-            ],
-            expected_version=0,
-        )
-        return {
-            "message_id": message_id,
-            "delivered_to": [
-                {"agent": r, "status": "queued", "online": self.presence.online(r)}
-                for r in recipients
-            ],
-        }
-
-    def _recipients(self, sender: str, to: str) -> list[str]:
-        try:
-            return [a.agent for a in self.router.matching(sender, to)]
-        except AskError as exc:
-            raise ToolError(str(exc)) from None
+        return await self.router.send_message(agent_of(ctx), to, content)
 
     async def _list_agents(self) -> dict[str, Any]:
         return {
@@ -368,19 +344,12 @@ class McpHost:
         return outcomes
 
     async def _acknowledge(self, agent: str, session_key: str, ack: list[str] | None) -> None:
-        items = list(ack) if ack is not None else self.mailboxes.handed_to(agent, session_key)
-        if not items:
-            return
-        await self.log.record(
-            mailbox_stream(agent),
-            MAILBOX_ACKNOWLEDGED,
-            {
-                "agent": agent,
-                "session_id": session_key,
-                "items": items,
-            },
-            actor=agent,
-        )
+        try:
+            data = self.mailboxes.acknowledgement(agent, session_key, ack)
+        except ValueError as exc:
+            raise ToolError(str(exc)) from None
+        if data is not None:
+            await self.log.record(mailbox_stream(agent), MAILBOX_ACKNOWLEDGED, data, actor=agent)
 
     async def _hand_out(self, agent: str, session_key: str, items: list[MailItem]) -> None:
         await asyncio.gather(
