@@ -10,8 +10,13 @@ least-squares fit over the samples after the warm-up (the first 20 % of the run,
 30 s). Errors are counted as errors (any exception, `is_error`, a status other than
 accepted). A short `--duration` is a smoke test; the slope means something from ~10 min.
 
+`--peer PATH` runs a second bridge from another source tree (e.g. the previous release's
+checkout) under the same load at the same time, so both see the same machine noise; its
+row is printed beside ours.
+
     python benchmarks/soak.py                      # 10 minutes, 4 pairs, 20 asks/s
     python benchmarks/soak.py --duration 60        # smoke test
+    python benchmarks/soak.py --peer ../old-checkout
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +128,6 @@ async def _pair(
                         "message": "soak",
                         "schema": SCHEMA,
                         "timeout_s": 30,
-                        "request_id": uuid.uuid4().hex,
                     },
                 )
             except Exception as exc:
@@ -140,42 +143,58 @@ async def _pair(
             await mail
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="lh-soak-") as tmp:
-        b = BridgeProcess(Path(tmp))
+@contextlib.contextmanager
+def _code_from(tree: Path | None) -> Any:
+    """Processes started inside run `bridge` from `tree` (None: this checkout)."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tree or ROOT)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def prepare(args: argparse.Namespace, workdir: Path, tree: Path | None) -> BridgeProcess:
+    """Register the agents and start the bridge (blocking: done before any load runs)."""
+    b = BridgeProcess(workdir)
+    with _code_from(tree):
         for n in range(args.pairs):
             b.add_agent(f"asker{n}")
             b.add_agent(f"answerer{n}")
         b.start()
-        assert b.proc is not None
-        pid = b.proc.pid
-        counts = Counts()
-        stop = asyncio.Event()
-        interval = args.pairs / args.rate
-        pairs = [
-            asyncio.create_task(_pair(b, n, interval, stop, counts)) for n in range(args.pairs)
-        ]
-        samples: list[dict[str, float]] = []
-        started = time.monotonic()
-        try:
-            while (elapsed := time.monotonic() - started) < args.duration:
-                samples.append(
-                    {
-                        "t": round(elapsed, 1),
-                        "rss_kib": _rss_kib(pid),
-                        "fds": _fds(pid),
-                        "cpu_s": _cpu_s(pid),
-                        "asks_ok": counts.ok,
-                        "errors": counts.errors,
-                    }
-                )
-                if args.verbose:
-                    print(samples[-1], flush=True)
-                await asyncio.sleep(args.interval)
-        finally:
-            stop.set()
-            await asyncio.gather(*pairs, return_exceptions=True)
-            b.stop()
+    return b
+
+
+async def run(args: argparse.Namespace, b: BridgeProcess, tree: Path | None) -> dict[str, Any]:
+    assert b.proc is not None
+    pid = b.proc.pid
+    counts = Counts()
+    stop = asyncio.Event()
+    interval = args.pairs / args.rate
+    pairs = [asyncio.create_task(_pair(b, n, interval, stop, counts)) for n in range(args.pairs)]
+    samples: list[dict[str, float]] = []
+    started = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - started) < args.duration:
+            samples.append(
+                {
+                    "t": round(elapsed, 1),
+                    "rss_kib": _rss_kib(pid),
+                    "fds": _fds(pid),
+                    "cpu_s": _cpu_s(pid),
+                    "asks_ok": counts.ok,
+                    "errors": counts.errors,
+                }
+            )
+            if args.verbose:
+                print(samples[-1], flush=True)
+            await asyncio.sleep(args.interval)
+    finally:
+        stop.set()
+        await asyncio.gather(*pairs, return_exceptions=True)
     warm = max(30.0, 0.2 * args.duration)
     steady = [s for s in samples if s["t"] >= warm] or samples
     first, last = steady[0], steady[-1]
@@ -183,9 +202,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     asks = last["asks_ok"] - first["asks_ok"]
     cpu = last["cpu_s"] - first["cpu_s"]
     return {
-        "benchmark": "soak",
-        "machine": machine_info(["mcp", "aiohttp", "msgspec"], ROOT),
-        "params": vars(args),
+        "bridge": "ours" if tree is None else f"peer {tree}",
         "summary": {
             "duration_s": round(samples[-1]["t"], 1) if samples else 0,
             "steady_from_s": warm,
@@ -215,23 +232,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds (default 600)")
     parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--rate", type=float, default=20.0, help="offered asks/s, all pairs")
+    parser.add_argument("--rate", type=float, default=20.0, help="offered asks/s, per bridge")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
+    parser.add_argument("--peer", type=Path, help="another source tree, soaked alongside")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/soak.json")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
-    result = asyncio.run(run(args))
-    s = result["summary"]
+
+    trees = [None] + ([args.peer.resolve()] if args.peer else [])
+    with contextlib.ExitStack() as stack:
+        bridges = []
+        for tree in trees:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lh-soak-")))
+            b = prepare(args, workdir, tree)
+            stack.callback(lambda b=b: b.proc is not None and b.stop())
+            bridges.append(b)
+
+        async def together() -> list[dict[str, Any]]:
+            return list(
+                await asyncio.gather(
+                    *(run(args, b, t) for b, t in zip(bridges, trees, strict=True))
+                )
+            )
+
+        results = asyncio.run(together())
+    keys = [k for k in results[0]["summary"] if k != "first_error"]
     print(
         format_table(
-            ["metric", "value"],
-            [[k, v] for k, v in s.items() if k != "first_error"],
+            ["metric", *(r["bridge"] for r in results)],
+            [[k, *(r["summary"][k] for r in results)] for k in keys],
         )
     )
-    if s["first_error"]:
-        print(f"first error: {s['first_error']}")
-    args.out = str(args.out)
-    write_json(Path(args.out), result)
+    for r in results:
+        if r["summary"]["first_error"]:
+            print(f"{r['bridge']}: first error: {r['summary']['first_error']}")
+    payload = {
+        "benchmark": "soak",
+        "machine": machine_info(["mcp", "aiohttp", "msgspec"], ROOT),
+        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "runs": results,
+    }
+    write_json(args.out, payload)
     print(f"wrote {args.out}")
 
 
