@@ -19,15 +19,15 @@ from typing import Any
 
 from aiohttp import web
 
-from events import SqliteEventStore
+from events import GroupCommitStore
 from events.chain import write_secret_file
 from security import (
     AdminAuth,
-    GCRARateLimiter,
     KeyRegistry,
+    NonceStore,
     OriginPolicy,
+    RateLimiter,
     SignatureVerifier,
-    SQLiteNonceStore,
     SQLiteSecretVault,
     address_rate_limiter,
     key_lookup,
@@ -38,6 +38,7 @@ from security import (
 from .agents import AgentService, RegistryProjection
 from .asgi import CLIENT_GONE, ASGIHandler, asgi_handler, run_in_cleanup_ctx
 from .auth import AGENT, admin_auth, agent_auth
+from .backends import agent_rate_limiter, open_nonces, open_store, store_label
 from .config import Settings
 from .domain import FLAG_CHANGED, FLAGS_STREAM
 from .flags import Flags
@@ -63,7 +64,7 @@ def package_version() -> str:
 @dataclass
 class Bridge:
     settings: Settings
-    store: SqliteEventStore
+    store: GroupCommitStore
     log: Log
     registry: KeyRegistry
     flags: Flags
@@ -74,10 +75,10 @@ class Bridge:
     router: Router
     agents: AgentService
     vault: SQLiteSecretVault
-    nonces: SQLiteNonceStore
+    nonces: NonceStore
     verifier: SignatureVerifier
-    agent_limiter: GCRARateLimiter
-    address_limiter: GCRARateLimiter
+    agent_limiter: RateLimiter
+    address_limiter: RateLimiter
     admin: AdminAuth
     origin: OriginPolicy
     host: McpHost | None = None
@@ -85,8 +86,10 @@ class Bridge:
     guard: Guard | None = None
 
     async def close(self) -> None:
+        await self.log.stop_following()
         await self.router.close()
         await self.nonces.close()
+        await self.agent_limiter.close()
         self.vault.close()
         await self.store.close()
 
@@ -105,7 +108,7 @@ def _load_or_create_key(path: Path, *, fresh: bool) -> bytes:
 async def open_bridge(settings: Settings) -> Bridge:
     """Open the store, replay the log into every projection, and build the security stack."""
     fresh = not settings.db.exists()
-    store = await SqliteEventStore.open(settings.store_config())
+    store = await open_store(settings)
     try:
         return await _assemble(settings, store, fresh)
     except BaseException:
@@ -113,7 +116,7 @@ async def open_bridge(settings: Settings) -> Bridge:
         raise
 
 
-async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) -> Bridge:
+async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) -> Bridge:
     registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
     requests, presence, metrics = Requests(), Presence(), Metrics()
     store.commit_observer = metrics.observe_commit
@@ -121,10 +124,12 @@ async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) ->
     event_log = Log(store, [RegistryProjection(registry), flags, requests, mailboxes, event_logger])
     replayed = await event_log.replay()
     event_logger.live = True  # one JSON log line per new fact of interest, not the history
+    if settings.database_url:  # other bridges append too: keep the projections current
+        event_log.start_following()
     vault = SQLiteSecretVault.open(
         settings.db, settings.master_key_file, fresh_install=fresh or not registry.agents
     )
-    nonces = SQLiteNonceStore(settings.nonce_db, window=settings.skew_s + 60)
+    nonces = await open_nonces(settings)
     verifier = SignatureVerifier(key_lookup(registry, vault), nonces, skew=int(settings.skew_s))
     token, _ = load_or_create_admin_token(
         settings.admin_token_file, {"LIGHTHOUSE_ADMIN_TOKEN": settings.admin_token or ""}
@@ -160,7 +165,7 @@ async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) ->
         vault=vault,
         nonces=nonces,
         verifier=verifier,
-        agent_limiter=GCRARateLimiter(settings.rate_per_s, settings.burst),
+        agent_limiter=agent_rate_limiter(settings),
         address_limiter=address_rate_limiter(settings.ip_rate_per_s, settings.ip_burst),
         admin=AdminAuth(token),
         origin=origin_policy(settings.host, settings.port, extra_origins=settings.allowed_origins),
@@ -192,7 +197,7 @@ async def _assemble(settings: Settings, store: SqliteEventStore, fresh: bool) ->
         )
     log.info(
         "store %s opened: %d events replayed, %d agents",
-        settings.db,
+        store_label(settings),
         replayed,
         len(registry.agents),
     )
@@ -366,7 +371,8 @@ def serve(settings: Settings) -> None:
         backlog=4096,
         access_log=None,
         print=lambda _: print(
-            f"lighthouse serving on http://{settings.host}:{settings.port} (store {settings.db})",
+            f"lighthouse serving on http://{settings.host}:{settings.port} "
+            f"(store {store_label(settings)})",
             flush=True,
         ),
     )

@@ -21,7 +21,7 @@ from typing import Any
 from events import SqliteEventStore, StoreConfig, StoreError, verify_with_config
 from events.sqlite import migrate as migrate_store
 
-from .config import Settings, env_admin_token, env_url
+from .config import Settings, env_admin_token, env_database_url, env_redis_url, env_url
 from .observability import configure_logging
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -118,6 +118,13 @@ def _db(args: argparse.Namespace) -> Path:
     return Path(args.db) if args.db else Path("lighthouse.db")
 
 
+def _database_url(args: argparse.Namespace) -> str | None:
+    url = getattr(args, "database_url", None) or env_database_url()
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise CliError("--database-url must be a postgresql:// URL", EXIT_USAGE)
+    return url
+
+
 # -- commands ----------------------------------------------------------------------------
 
 
@@ -129,6 +136,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             db=_db(args),
+            database_url=_database_url(args),
+            redis_url=args.redis_url or env_redis_url(),
+            redis_prefix=args.redis_prefix,
+            key_dir=Path(args.key_dir) if args.key_dir else None,
             synchronous=args.synchronous,
             admin_token=env_admin_token(),
             elicitation_default=not args.no_elicitation,
@@ -154,6 +165,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    url = _database_url(args)
+    if url:  # safe beside running bridges: migrations take an advisory lock
+        from events.postgres import migrate as migrate_postgres
+
+        applied = asyncio.run(migrate_postgres(url))
+        print(f"applied migrations {applied}" if applied else "schema is up to date")
+        return EXIT_OK
     if _use_server(args):
         print("the running bridge applied migrations at start-up; nothing to do")
         return EXIT_OK
@@ -267,16 +285,21 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     db = _db(args)
-    if not db.exists():
+    url = _database_url(args)
+    if url is None and not db.exists():
         raise CliError(f"no store at {db}", EXIT_UNAVAILABLE)
     config = StoreConfig(
-        path=db, readonly=True, checkpoint_file=Path(args.checkpoint) if args.checkpoint else None
+        path=db,
+        url=url,
+        key_dir=Path(args.key_dir) if args.key_dir else None,
+        readonly=True,
+        checkpoint_file=Path(args.checkpoint) if args.checkpoint else None,
     )
     pem = Path(args.public_key).read_bytes() if args.public_key else None
     progress = _progress("verifying") if sys.stderr.isatty() else None
 
     async def run() -> Any:
-        store = await SqliteEventStore.open(config)
+        store = await _open_readonly(config)
         try:
             return await verify_with_config(store, config, public_key_pem=pem, progress=progress)
         finally:
@@ -316,6 +339,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAIL
 
 
+async def _open_readonly(config: StoreConfig) -> Any:
+    if config.url:
+        from events.postgres import PostgresEventStore
+
+        return await PostgresEventStore.open(config)
+    return await SqliteEventStore.open(config)
+
+
 def _progress(label: str) -> Callable[[int, int], None]:
     def show(done: int, total: int) -> None:
         pct = 100 * done // total if total else 100
@@ -336,7 +367,31 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--db", help="store file (default ./lighthouse.db)")
         return sp
 
-    s = with_db(sub.add_parser("serve", help="run the bridge"))
+    def with_url(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument(
+            "--database-url",
+            metavar="URL",
+            help="postgresql://… store shared by several bridges (or LIGHTHOUSE_DATABASE_URL, "
+            "which keeps a password out of the process list)",
+        )
+        sp.add_argument(
+            "--key-dir",
+            help="chain/checkpoint/admin keys (default: beside --db, ./lighthouse.db.keys); "
+            "every bridge of one store needs the same contents",
+        )
+        return sp
+
+    s = with_url(with_db(sub.add_parser("serve", help="run the bridge")))
+    s.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="share nonces and rate limits between bridges (or LIGHTHOUSE_REDIS_URL)",
+    )
+    s.add_argument(
+        "--redis-prefix",
+        default="lighthouse:",
+        help="key prefix in Redis (one per deployment sharing the server)",
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--synchronous", default="FULL", choices=["NORMAL", "FULL", "EXTRA"])
@@ -437,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
 
-    with_db(sub.add_parser("migrate", help="apply schema migrations")).set_defaults(
+    with_url(with_db(sub.add_parser("migrate", help="apply schema migrations"))).set_defaults(
         func=cmd_migrate
     )
 
@@ -474,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=30.0)
     d.set_defaults(func=cmd_drain)
 
-    v = with_db(sub.add_parser("verify", help="check the hash chain and signed checkpoints"))
+    v = with_url(
+        with_db(sub.add_parser("verify", help="check the hash chain and signed checkpoints"))
+    )
     v.add_argument("--checkpoint", help="checkpoint file (default: beside the store)")
     v.add_argument("--public-key", help="checkpoint public key PEM (default: from the key dir)")
     v.add_argument("--json", action="store_true")

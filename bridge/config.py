@@ -20,6 +20,14 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8765
     db: Path = Path("lighthouse.db")
+    database_url: str | None = field(default=None, repr=False)
+    """`postgresql://…`: the shared event store. `db` then still names the local files
+    (key dir, checkpoint copy, agent-secret vault) beside which they default."""
+    redis_url: str | None = field(default=None, repr=False)
+    """Shared nonces and rate limits; without it a PostgreSQL deployment keeps nonces in
+    the database and rate limits per bridge."""
+    redis_prefix: str = "lighthouse:"
+    """Key prefix in Redis, so several deployments (or test runs) can share one server."""
     key_dir: Path | None = None
     checkpoint_file: Path | None = None
     synchronous: str = "FULL"
@@ -75,6 +83,7 @@ class Settings:
     def store_config(self, *, readonly: bool = False) -> StoreConfig:
         return StoreConfig(
             path=self.db,
+            url=self.database_url,
             key_dir=self.key_dir,
             checkpoint_file=self.checkpoint_file,
             synchronous=self.synchronous,
@@ -86,6 +95,15 @@ class Settings:
 
 def env_admin_token() -> str | None:
     return os.environ.get("LIGHTHOUSE_ADMIN_TOKEN") or None
+
+
+def env_database_url() -> str | None:
+    """LIGHTHOUSE_DATABASE_URL: keeps a password in the URL out of the process list."""
+    return os.environ.get("LIGHTHOUSE_DATABASE_URL") or None
+
+
+def env_redis_url() -> str | None:
+    return os.environ.get("LIGHTHOUSE_REDIS_URL") or None
 
 
 def env_url() -> str:

@@ -3,16 +3,28 @@
 Projections are applied in-process right after the append is durable, so the code that
 appended reads its own write at once; at start-up the same `apply` functions replay the
 whole log, which is what makes the in-memory state a projection and not a second truth.
+
+When several bridges share one store (PostgreSQL), `start_following` also applies what the
+*other* bridges append: a subscription from the watermark, woken by the store's NOTIFY and
+polling, so a flag change, key rotation or revocation made on one bridge reaches every
+bridge's projections within about a second (the store's poll interval bounds it when a
+notification is lost).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from events import ANY_VERSION, EventStore, NewEvent
+from events import ANY_VERSION, EventStore, NewEvent, StoreError
 
 from .domain import Fact
+
+log = logging.getLogger(__name__)
+_FOLLOW_RETRY_S = 0.5
 
 
 class Projection(Protocol):
@@ -29,6 +41,34 @@ class Log:
         self._projections = list(projections)
         self._watermark = 0  # every position <= watermark has been applied
         self._above: set[int] = set()
+        self._follower: asyncio.Task[None] | None = None
+
+    @property
+    def applied(self) -> int:
+        """Every position up to this one is reflected in the projections."""
+        return self._watermark
+
+    def start_following(self) -> None:
+        """Apply other processes' appends as they commit (shared stores only)."""
+        if self._follower is None:
+            self._follower = asyncio.create_task(self._follow(), name="lighthouse-log-follow")
+
+    async def stop_following(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async for r in self.store.subscribe(self._watermark + 1):
+                    self._apply(Fact(r.position, r.stream, r.type, r.data, r.actor, r.time))
+                return  # the store closed
+            except StoreError as exc:  # e.g. the database is unreachable: catch up later
+                log.warning("following the shared log paused: %s", exc)
+                await asyncio.sleep(_FOLLOW_RETRY_S)
 
     async def replay(self) -> int:
         """Rebuild every projection from the whole log; returns the number of facts."""

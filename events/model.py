@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time as _time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
@@ -79,6 +80,24 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _encoder = msgspec.json.Encoder(order="sorted")
+_data_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def record_from_row(row: Sequence[Any]) -> Record:
+    """A stored row in `events` column order (position … digest), data as canonical JSON."""
+    return Record(
+        position=row[0],
+        stream=row[1],
+        version=row[2],
+        event_id=row[3],
+        type=row[4],
+        time=row[5],
+        actor=row[6],
+        data=_data_decoder.decode(row[7]),
+        prev_hash=row[8],
+        hash=row[9],
+        digest=row[10],
+    )
 
 
 def encode_data(data: dict[str, Any]) -> bytes:

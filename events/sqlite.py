@@ -25,20 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import msgspec
 
-from .chain import ChainKey, CheckpointSigner, public_link
+from .chain import ChainKey, CheckpointSigner
 from .errors import (
-    EventIdConflict,
     KeyMismatch,
     OperationalError,
     SchemaError,
+    StoreBusy,
+    StoreCorrupt,
     StoreError,
+    StoreFull,
     StoreLocked,
-    WrongExpectedVersion,
+    StoreReadOnly,
+    os_store_error,
 )
-from .model import ANY_VERSION, Checkpoint, Record, canonical, encode_data
+from .model import Checkpoint, Record, record_from_row
 from .schema import migrate_sqlite, schema_version
+from .staging import stage_request
 from .store import GroupCommitStore, Head, PendingAppend, StoreConfig
 
 _COLUMNS = "position, stream, version, event_id, type, time, actor, data, prev_hash, hash, digest"
@@ -48,23 +51,42 @@ _VERSION_CACHE_LIMIT = 100_000
 _WAL_CHECKPOINT_S = 0.5
 _WAL_AUTOCHECKPOINT_PAGES = 20_000
 log = logging.getLogger(__name__)
-_data_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
-def _row_to_record(row: Sequence[Any]) -> Record:
-    return Record(
-        position=row[0],
-        stream=row[1],
-        version=row[2],
-        event_id=row[3],
-        type=row[4],
-        time=row[5],
-        actor=row[6],
-        data=_data_decoder.decode(row[7]),
-        prev_hash=row[8],
-        hash=row[9],
-        digest=row[10],
-    )
+# Primary result codes (https://sqlite.org/rescode.html) and the error each becomes.
+_BY_CODE: dict[int, type[OperationalError]] = {
+    5: StoreBusy,  # SQLITE_BUSY
+    6: StoreBusy,  # SQLITE_LOCKED
+    8: StoreReadOnly,  # SQLITE_READONLY
+    11: StoreCorrupt,  # SQLITE_CORRUPT
+    13: StoreFull,  # SQLITE_FULL
+    26: StoreCorrupt,  # SQLITE_NOTADB
+}
+
+
+def store_error(exc: BaseException, doing: str) -> OperationalError:
+    """The `StoreError` a driver or OS error becomes: its class names the cause.
+
+    SQLite reports a full disk as SQLITE_FULL but also, from some VFS paths, as a bare
+    I/O error; the message is the fallback when the result code is not specific.
+    """
+    cls: type[OperationalError] = OperationalError
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        cls = _BY_CODE.get(code & 0xFF, OperationalError) if code is not None else cls
+        text = str(exc).lower()
+        if cls is OperationalError:
+            if "disk is full" in text or "no space" in text:
+                cls = StoreFull
+            elif "readonly" in text or "read-only" in text:
+                cls = StoreReadOnly
+            elif "malformed" in text or "not a database" in text:
+                cls = StoreCorrupt
+            elif "locked" in text or "busy" in text:
+                cls = StoreBusy
+    elif isinstance(exc, OSError):
+        return os_store_error(exc, doing)
+    return cls(f"{doing}: {exc}")
 
 
 class _NeedsLookup(Exception):
@@ -216,7 +238,7 @@ class SqliteEventStore(GroupCommitStore):
             row = conn.execute("SELECT max(size) FROM checkpoints").fetchone()
             self._last_checkpoint_size = row[0] or 0
         except sqlite3.Error as exc:
-            raise OperationalError(f"cannot open store {self.config.path}: {exc}") from None
+            raise store_error(exc, f"cannot open store {self.config.path}") from None
 
     def _load_head(self, conn: sqlite3.Connection) -> Head:
         row = conn.execute(
@@ -253,7 +275,7 @@ class SqliteEventStore(GroupCommitStore):
             self.store_id = dict(rows).get("store_id", "")
             await self._refresh_head()
         except sqlite3.Error as exc:
-            raise OperationalError(f"cannot read store {self.config.path}: {exc}") from None
+            raise store_error(exc, f"cannot read store {self.config.path}") from None
 
     async def _refresh_head(self) -> None:
         assert self._reader is not None
@@ -282,7 +304,7 @@ class SqliteEventStore(GroupCommitStore):
         try:
             return self._write_batch(batch, lookup=True)
         except sqlite3.Error as exc:
-            return [OperationalError(f"append failed, nothing written: {exc}")] * len(batch)
+            return [store_error(exc, "append failed, nothing written")] * len(batch)
 
     def _write_batch(
         self, batch: list[PendingAppend], *, lookup: bool
@@ -306,7 +328,7 @@ class SqliteEventStore(GroupCommitStore):
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            return [OperationalError(f"append failed, nothing written: {exc}")] * len(batch)
+            return [store_error(exc, "append failed, nothing written")] * len(batch)
         self._head = head
         if len(self._versions) + len(versions) > _VERSION_CACHE_LIMIT:
             self._versions.clear()
@@ -348,52 +370,16 @@ class SqliteEventStore(GroupCommitStore):
         rows: list[tuple[Any, ...]],
     ) -> list[int] | StoreError:
         """Check one request and add its rows to the transaction; never raise for the caller."""
-        encoded = [encode_data(e.data) for e in req.events]
-        replay = _replayed_positions(req, encoded, known)
-        if replay is not None:
-            return replay
-        current = self._stream_version(conn, req.stream, versions)
-        if req.expected_version != ANY_VERSION and req.expected_version != current:
-            return WrongExpectedVersion(req.stream, req.expected_version, current)
         assert self._chain_key is not None
-        clash = _reused_id(req, known)
-        if clash is not None:
-            return EventIdConflict(clash)
-        positions = []
-        for offset, (event, data_json) in enumerate(zip(req.events, encoded, strict=True)):
-            position, version = head.position + 1, current + offset + 1
-            body = canonical(
-                position=position,
-                stream=req.stream,
-                version=version,
-                event_id=event.event_id,
-                type=event.type,
-                time=event.time,
-                actor=event.actor,
-                data_json=data_json,
-            )
-            hash_ = self._chain_key.link(body, head.hash)
-            digest = public_link(body, head.digest)
-            rows.append(
-                (
-                    position,
-                    req.stream,
-                    version,
-                    event.event_id,
-                    event.type,
-                    event.time,
-                    event.actor,
-                    data_json,
-                    head.hash,
-                    hash_,
-                    digest,
-                )
-            )
-            known[event.event_id] = (position, req.stream, event.type, event.actor, data_json)
-            head.position, head.hash, head.digest = position, hash_, digest
-            positions.append(position)
-        versions[req.stream] = current + len(req.events)
-        return positions
+        return stage_request(
+            req,
+            head,
+            lambda stream: self._stream_version(conn, stream, versions),
+            self._chain_key,
+            versions,
+            known,
+            rows,
+        )
 
     async def _store_checkpoint(self, checkpoint: Checkpoint) -> None:
         def insert() -> None:
@@ -422,8 +408,8 @@ class SqliteEventStore(GroupCommitStore):
         try:
             rows = await self._reader.execute_fetchall(sql, params)
         except sqlite3.Error as exc:
-            raise OperationalError(f"read failed: {exc}") from None
-        return [_row_to_record(r) for r in rows]
+            raise store_error(exc, "read failed") from None
+        return [record_from_row(r) for r in rows]
 
     async def read_stream(
         self, stream: str, from_version: int = 1, limit: int | None = None
@@ -506,32 +492,6 @@ class SqliteEventStore(GroupCommitStore):
             await asyncio.get_running_loop().run_in_executor(self._thread, conn.close)
         self._thread.shutdown(wait=True)
         self._lock.release()
-
-
-def _replayed_positions(
-    req: PendingAppend, encoded: list[bytes], known: dict[str, tuple[Any, ...]]
-) -> list[int] | StoreError | None:
-    """Original positions when every event of the request is already stored identically."""
-    first = req.events[0].event_id
-    if first not in known:
-        return None
-    positions = []
-    for event, data_json in zip(req.events, encoded, strict=True):
-        stored = known.get(event.event_id)
-        if stored is None or stored[1:] != (req.stream, event.type, event.actor, data_json):
-            return EventIdConflict(event.event_id)
-        positions.append(stored[0])
-    return positions
-
-
-def _reused_id(req: PendingAppend, known: dict[str, tuple[Any, ...]]) -> str | None:
-    """An event id of the request that is stored already or repeated within it."""
-    seen: set[str] = set()
-    for event in req.events:
-        if event.event_id in known or event.event_id in seen:
-            return event.event_id
-        seen.add(event.event_id)
-    return None
 
 
 def schema_version_ro(path: Path) -> int:

@@ -31,6 +31,9 @@ class StoreConfig:
     """
 
     path: Path
+    url: str | None = None
+    """A `postgresql://` URL: the log lives in that database (events/postgres.py). `path`
+    then only names where the key dir and checkpoint file default to."""
     key_dir: Path | None = None
     checkpoint_file: Path | None = None
     synchronous: str = "FULL"

@@ -67,6 +67,9 @@ class RateLimiter(ABC):
     async def hit(self, key: str, cost: int = 1) -> RateDecision:
         """Count a request (if allowed) and return the decision."""
 
+    async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release resources (a shared backend's connection); the default does nothing."""
+
 
 class GCRARateLimiter(RateLimiter):
     """In-memory GCRA. Defaults: 50 requests/s sustained, burst 100 (DESIGN.md).
