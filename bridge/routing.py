@@ -82,10 +82,10 @@ def refusal_text(exc: BaseException) -> str | None:
     if isinstance(exc, AnswerRefused):
         return f"{exc.reason}: {exc}"
     if isinstance(exc, StoreError):
-        reason = getattr(exc, "reason", None) or "store_error"
+        later = f"retry in {exc.retry_after:g} s" if exc.retry_after else "retry later"
         return (
-            f"store_unavailable ({reason}): the event store cannot record this now; "
-            "nothing was recorded, retry later"
+            f"store_unavailable ({exc.reason}): the event store cannot record this now; "
+            f"nothing was recorded, {later}"
         )
     return None
 
