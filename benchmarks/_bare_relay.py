@@ -12,7 +12,9 @@ fallback, no timeouts beyond the SDK's own:
 The push goes over the answerer's standalone GET stream (the SDK client opens it after
 `initialize`), which is what the simplest hand-rolled relay gets.
 
-    python benchmarks/_bare_relay.py --port 8799
+    python benchmarks/_bare_relay.py --port 8799 [--json-response]
+
+uvicorn runs on uvloop when it is installed (`loop="auto"`), as the bridge does.
 """
 
 from __future__ import annotations
@@ -60,11 +62,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8799)
+    parser.add_argument(
+        "--json-response",
+        action="store_true",
+        help="answer POSTs with a JSON body instead of an SSE stream (what the bridge does)",
+    )
     args = parser.parse_args(argv)
     server = build_server()
     app = server.streamable_http_app(
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         max_sessions=None,
+        json_response=args.json_response,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 

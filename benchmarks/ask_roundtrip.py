@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -67,6 +66,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks._procs import Worker as _ProcWorker  # noqa: E402
+from benchmarks._procs import chunks, register_agents, wait_http  # noqa: E402
+from benchmarks._procs import cpu_s as _cpu_s  # noqa: E402
+from benchmarks._procs import rss_kb as _rss_kb  # noqa: E402
+from benchmarks._procs import runq_wait_s as _runq_wait_s  # noqa: E402
 from benchmarks._report import format_table, machine_info, percentile, write_json  # noqa: E402
 
 SCHEMA: dict[str, Any] = {
@@ -78,7 +82,6 @@ ANSWER = {"answer": "42"}
 RESULTS = REPO / "benchmarks" / "results" / "ask_roundtrip.json"
 IDLE_PER_ADDRESS = 50
 ASK_TIMEOUT_S = 30.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ============================================================================ client side
@@ -420,33 +423,9 @@ def worker_entry() -> None:
 # ============================================================================ orchestrator
 
 
-def _rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _cpu_s(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _runq_wait_s(pid: int) -> float | None:
-    """Seconds the main thread spent runnable but waiting for a CPU (/proc/PID/schedstat)."""
-    try:
-        with open(f"/proc/{pid}/schedstat", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return None
+def Worker(spec: dict[str, Any], log_path: Path) -> _ProcWorker:
+    """A client process running this module's `--worker` side."""
+    return _ProcWorker(Path(__file__).resolve(), spec, log_path)
 
 
 def _flags(base_url: str, token: str, set_on: bool = False) -> dict[str, Any] | None:
@@ -465,54 +444,6 @@ def _flags(base_url: str, token: str, set_on: bool = False) -> dict[str, Any] | 
             return json.loads(r.read())
     except OSError as exc:
         return {"error": str(exc)}
-
-
-class Worker:
-    def __init__(self, spec: dict[str, Any], log_path: Path) -> None:
-        self.log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            cwd=REPO,
-        )
-        self.send(json.dumps(spec))
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        with concurrent.futures.ThreadPoolExecutor(1) as ex:
-            fut = ex.submit(self.proc.stdout.readline)
-            try:
-                line = fut.result(timeout)
-            except concurrent.futures.TimeoutError:
-                self.kill()
-                raise RuntimeError(f"worker {self.proc.pid} silent for {timeout} s") from None
-        if not line:
-            raise RuntimeError(f"worker {self.proc.pid} exited (see {self.log.name})")
-        return json.loads(line)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.log.close()
-
-    def finish(self) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(30)
-        self.kill()
-
-
-def _chunks(items: list[Any], n: int) -> list[list[Any]]:
-    n = max(1, min(n, len(items)))
-    return [items[i::n] for i in range(n)]
 
 
 def _metrics_of_interest(base_url: str) -> dict[str, float]:
@@ -573,7 +504,7 @@ def run_cell(
             },
             logdir / f"worker-{name}-{i}.log",
         )
-        for i, chunk in enumerate(_chunks(pairs, args.workers))
+        for i, chunk in enumerate(chunks(pairs, args.workers))
     ]
     ready = [w.read(args.connect_timeout) for w in workers]
     connect_s = max(r["connect_s"] for r in ready)
@@ -666,37 +597,6 @@ def run_cell(
 
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
-
-
-def _register(base_url: str, token: str, names: list[str]) -> dict[str, dict[str, str]]:
-    def add(name: str) -> tuple[str, dict[str, str]]:
-        req = urllib.request.Request(
-            base_url + "/admin/agents",
-            data=json.dumps({"name": name}).encode(),
-            method="POST",
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as r:
-            d = json.loads(r.read())
-        return name, {"name": d["agent"], "key_id": d["key_id"], "secret": d["secret"]}
-
-    with concurrent.futures.ThreadPoolExecutor(16) as ex:
-        return dict(ex.map(add, names))
-
-
-def _wait_http(url: str, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} process exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer in {timeout} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -814,14 +714,14 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
             )
-            _wait_http(f"http://127.0.0.1:{bare_port}/", bare_proc)
+            wait_http(f"http://127.0.0.1:{bare_port}/", bare_proc)
             print(f"bare relay pid {bare_proc.pid} on {bare_url}", flush=True)
 
         max_pairs = max([*args.pairs, args.idle_pairs])
         t = time.perf_counter()
         names = [f"ask{i}" for i in range(max_pairs)] + [f"ans{i}" for i in range(max_pairs)]
         names += [f"idle{j}" for j in range(args.idle)]
-        creds = _register(bridge.url, bridge.admin_token, names)
+        creds = register_agents(bridge.url, bridge.admin_token, names)
         print(f"registered {len(creds)} agents in {time.perf_counter() - t:.1f} s", flush=True)
 
         def pair_list(n: int) -> list[dict[str, Any]]:
@@ -910,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
                     },
                     logdir / f"idle-{i}.log",
                 )
-                for i, chunk in enumerate(_chunks(idle_agents, args.idle_workers))
+                for i, chunk in enumerate(chunks(idle_agents, args.idle_workers))
             ]
             readies = [w.read(args.connect_timeout) for w in idle_workers]
             connect_s = time.perf_counter() - t

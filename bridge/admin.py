@@ -18,6 +18,7 @@ from aiohttp import web
 from events import WrongExpectedVersion
 
 from .agents import AgentError
+from .auth import OPERATOR
 from .domain import DRAIN_FINISHED, DRAIN_STARTED, FLAG_CHANGED, FLAGS_STREAM, OPS_STREAM
 from .flags import FlagError, parse_change
 
@@ -47,6 +48,9 @@ async def _json_body(request: web.Request) -> Any:
 
 
 def admin_actor(request: web.Request) -> str:
+    """The console's signed-in operator, else the CLI's self-declared operator name."""
+    if OPERATOR in request:
+        return request[OPERATOR]
     return request.headers.get("X-Lighthouse-Operator", "admin")[:64] or "admin"
 
 

@@ -21,7 +21,8 @@ from .domain import (
 )
 from .log import Log
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# fullmatch, not match with `$`: `$` also matches before a trailing newline ("bob\n").
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class AgentError(ValueError):
@@ -30,7 +31,7 @@ class AgentError(ValueError):
 
 def _check_labels(kind: str, values: list[str]) -> list[str]:
     for value in values:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise AgentError(f"{kind} {value!r}: use letters, digits, '.', '_' or '-'")
     return sorted(set(values))
 
@@ -45,8 +46,15 @@ class AgentService:
     async def add(
         self, name: str, roles: list[str], capabilities: list[str], actor: str
     ) -> dict[str, str]:
-        if not _NAME.match(name or ""):
+        if not _NAME.fullmatch(name or ""):
             raise AgentError(f"agent name {name!r}: 1-64 letters, digits, '.', '_' or '-'")
+        # "Bob" beside "bob" reads as the same agent in every table and log line.
+        twin = next(
+            (a for a in self.registry.agents if a != name and a.casefold() == name.casefold()),
+            None,
+        )
+        if twin is not None:
+            raise AgentError(f"agent name {name!r} differs from existing {twin!r} only by case")
         existing = self.registry.agents.get(name)
         if existing is not None and not existing.revoked:
             raise AgentError(f"agent {name!r} already exists; use rotate-key for a new key")

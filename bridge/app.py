@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -37,10 +38,12 @@ from security import (
 
 from .agents import AgentService, RegistryProjection
 from .asgi import CLIENT_GONE, ASGIHandler, asgi_handler, run_in_cleanup_ctx
-from .auth import AGENT, admin_auth, agent_auth
+from .auth import AGENT, admin_auth, agent_auth, flush_refusals, host_guard, refusal_flusher
 from .backends import agent_rate_limiter, open_nonces, open_store, store_label
 from .config import Settings
-from .domain import FLAG_CHANGED, FLAGS_STREAM
+from .connections import limit_connections
+from .discovery import remove_discovery, write_discovery
+from .domain import FLAG_CHANGED, FLAGS_STREAM, NONCE_STORE_CREATED, SECURITY_STREAM
 from .flags import Flags
 from .guard import Guard
 from .log import Log
@@ -48,6 +51,7 @@ from .mailbox import Mailboxes
 from .mcp_host import McpHost, scope_for
 from .metrics import Metrics
 from .observability import EventLogger
+from .refusals import RefusalLedger
 from .routing import Limits, Requests, Router
 from .sessions import Presence
 
@@ -81,6 +85,7 @@ class Bridge:
     address_limiter: RateLimiter
     admin: AdminAuth
     origin: OriginPolicy
+    refusals: RefusalLedger
     host: McpHost | None = None
     mcp_handler: ASGIHandler | None = None
     guard: Guard | None = None
@@ -129,7 +134,7 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
     vault = SQLiteSecretVault.open(
         settings.db, settings.master_key_file, fresh_install=fresh or not registry.agents
     )
-    nonces = await open_nonces(settings)
+    nonces = await open_nonces(settings, fresh_install=fresh or not registry.agents)
     verifier = SignatureVerifier(key_lookup(registry, vault), nonces, skew=int(settings.skew_s))
     token, _ = load_or_create_admin_token(
         settings.admin_token_file, {"LIGHTHOUSE_ADMIN_TOKEN": settings.admin_token or ""}
@@ -169,7 +174,10 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
         address_limiter=address_rate_limiter(settings.ip_rate_per_s, settings.ip_burst),
         admin=AdminAuth(token),
         origin=origin_policy(settings.host, settings.port, extra_origins=settings.allowed_origins),
+        refusals=RefusalLedger(settings.refusal_window_s, settings.refusal_burst),
     )
+    if nonces.created_new and nonces.born_at > 0:
+        await _record_new_nonce_store(bridge)
     bridge.guard = router.elicitation_observer = Guard(
         event_log,
         flags,
@@ -204,17 +212,36 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
     return bridge
 
 
+async def _record_new_nonce_store(bridge: Bridge) -> None:
+    """A new nonce store cannot know the nonces its predecessor saw: requests signed before
+    its birth are refused (`predates_nonce_store`) until they are stale anyway, and the
+    operator is told, because a lost nonce file on an existing store is an incident."""
+    nonces = bridge.nonces
+    data = {
+        "path": str(bridge.settings.nonce_db),
+        "born_at": nonces.born_at,
+        "reason": "nonce store missing for a store with registered agents",
+    }
+    await bridge.log.record(SECURITY_STREAM, NONCE_STORE_CREATED, data, actor="bridge")
+    log.warning(
+        "nonce store %s was missing and has been recreated: requests signed before now "
+        "are refused (a captured request cannot be replayed)",
+        bridge.settings.nonce_db,
+    )
+
+
 BRIDGE = web.AppKey("bridge", Bridge)
 
 
 def create_app(settings: Settings) -> web.Application:
     from .admin import add_admin_routes
+    from .console import add_console_routes
 
     def bridge_of(request: web.Request) -> Bridge:
         return request.app[BRIDGE]
 
     app = web.Application(
-        middlewares=[agent_auth(bridge_of), admin_auth(bridge_of)],
+        middlewares=[host_guard(bridge_of), agent_auth(bridge_of), admin_auth(bridge_of)],
         client_max_size=settings.max_body_bytes,
     )
     app.cleanup_ctx.append(_bridge_ctx(settings))
@@ -222,6 +249,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     add_admin_routes(app, bridge_of)
+    add_console_routes(app, bridge_of)
     from .cli import _extensions
 
     for add_routes in _extensions("add_routes"):
@@ -249,6 +277,7 @@ def _bridge_ctx(settings: Settings) -> Any:
             scope_extras=lambda request: scope_for(request[AGENT]),
         )
         app[BRIDGE] = bridge
+        flusher = asyncio.create_task(refusal_flusher(bridge), name="refusal-flusher")
         moved = await bridge.router.adopt_open_requests()
         if moved:
             log.info("moved %d elicitations of the previous run to the legacy path", moved)
@@ -260,6 +289,10 @@ def _bridge_ctx(settings: Settings) -> Any:
                 yield
             finally:
                 await bridge.router.close()
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await flush_refusals(bridge, final=True)
         await bridge.close()
 
     return ctx
@@ -311,7 +344,8 @@ async def _health(request: web.Request) -> web.Response:
         {
             "status": "draining" if bridge.router.draining else "ok",
             "version": package_version(),
-            "flags": bridge.flags.describe(),
+            # Overrides and who changed what are behind the admin API (`/feature_flags`).
+            "flags": bridge.flags.public(),
             "store": {
                 "position": head.position,
                 "head_hash": head.hash,
@@ -358,21 +392,71 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; then stop accepting, finish in-flight calls, flush."""
-    web.run_app(
+    """Run until SIGINT/SIGTERM; then stop accepting, finish in-flight calls, flush.
+
+    `web.run_app`, spelled out, for one reason: the per-address connection cap needs the
+    runner's server before the listening socket opens (`connections.limit_connections`).
+    """
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_serve(settings))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError, web.GracefulExit):
+            loop.run_until_complete(main)
+        _cancel_all(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve(settings: Settings) -> None:
+    runner = web.AppRunner(
         create_app(settings),
-        loop=_new_loop(),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace_s,
-        # aiohttp's default accept queue (128) overflowed with 1,000 agents connecting at
-        # once (kernel ListenOverflows), and dropped handshakes surfaced as reset POSTs that
-        # killed SDK client sessions. uvicorn uses 2048; the kernel caps it at somaxconn.
-        backlog=4096,
+        handle_signals=True,
         access_log=None,
-        print=lambda _: print(
+        shutdown_timeout=settings.shutdown_grace_s,
+        # aiohttp closes a connection whose next request (the first one included) has not
+        # fully arrived within this: the header deadline (and the keep-alive idle time).
+        keepalive_timeout=settings.header_timeout_s,
+        # After a refusal sent before the body was read, aiohttp reads and discards the rest
+        # so the client sees the answer: for 2 s, not its default 10 (a slow body's hold).
+        lingering_time=2.0,
+    )
+    await runner.setup()
+    try:
+        metrics = runner.app[BRIDGE].metrics
+        assert runner.server is not None
+        limit_connections(
+            runner.server,
+            settings.max_connections_per_address,
+            exempt=settings.trusted_proxies,
+            on_refused=lambda _: metrics.connections_refused.inc(),
+        )
+        # aiohttp's default accept queue (128) overflowed with 1,000 agents connecting at
+        # once (kernel ListenOverflows), and dropped handshakes surfaced as reset POSTs
+        # that killed SDK client sessions. uvicorn uses 2048; the kernel caps it at somaxconn.
+        await web.TCPSite(runner, settings.host, settings.port, backlog=4096).start()
+        with contextlib.suppress(OSError):  # the CLI finds the token without it too (--db)
+            write_discovery(settings.port, settings.db, settings.admin_token_file)
+        print(
             f"lighthouse serving on http://{settings.host}:{settings.port} "
             f"(store {store_label(settings)})",
             flush=True,
-        ),
-    )
+        )
+        while True:
+            await asyncio.sleep(3600)
+    finally:
+        remove_discovery(settings.port)
+        await runner.cleanup()
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))

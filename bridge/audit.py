@@ -29,6 +29,7 @@ from aiohttp import web
 
 from events import Checkpoint, CheckpointFile, Record, SqliteEventStore, StoreConfig, StoreError
 
+from .display import printable, printable_lines
 from .domain import (
     ADMIN_AUTH_FAILED,
     AUTH_REJECTED,
@@ -36,6 +37,7 @@ from .domain import (
     RATE_LIMITED,
     request_stream,
 )
+from .refusals import refusal_count
 
 if TYPE_CHECKING:
     from .app import Bridge
@@ -338,8 +340,18 @@ async def iterate(source: EventSource, query: AuditQuery, page_size: int = _SCAN
 # -- security report ---------------------------------------------------------------------
 
 
-def _tally(pairs: Iterable[str | None]) -> dict[str, int]:
-    return dict(Counter("(unknown)" if p is None else str(p) for p in pairs).most_common())
+def _tally(records: Iterable[Record], key: Callable[[Record], Any]) -> dict[str, int]:
+    """Refusals per value of `key`, each record weighted by how many it stands for (an
+    aggregated refusal counts its `count`: see `refusals.RefusalLedger`)."""
+    counts: Counter[str] = Counter()
+    for r in records:
+        value = key(r)
+        counts["(unknown)" if value is None else str(value)] += refusal_count(r.data)
+    return dict(counts.most_common())
+
+
+def _total(records: Iterable[Record]) -> int:
+    return sum(refusal_count(r.data) for r in records)
 
 
 def security_report(records: Iterable[Record], since: float | None = None) -> dict[str, Any]:
@@ -350,32 +362,38 @@ def security_report(records: Iterable[Record], since: float | None = None) -> di
             r.type, flags if r.type == FLAG_CHANGED else []
         ).append(r)
     replays = [r for r in rejected if r.data.get("reason") == "replayed_nonce"]
-    pairs = Counter((r.data.get("reason"), r.data.get("agent")) for r in rejected)
+    pairs: Counter[tuple[Any, Any]] = Counter()
+    for r in rejected:
+        pairs[(r.data.get("reason"), r.data.get("agent"))] += refusal_count(r.data)
+
+    def data(name: str) -> Callable[[Record], Any]:
+        return lambda r: r.data.get(name)
+
     return {
         "since": since,
         "auth_rejections": {
-            "total": len(rejected),
-            "by_reason": _tally(r.data.get("reason") for r in rejected),
-            "by_agent": _tally(r.data.get("agent") for r in rejected),
+            "total": _total(rejected),
+            "by_reason": _tally(rejected, data("reason")),
+            "by_agent": _tally(rejected, data("agent")),
             "by_reason_and_agent": [
                 {"reason": reason, "agent": agent, "count": n}
                 for (reason, agent), n in pairs.most_common()
             ],
         },
         "replays": {
-            "total": len(replays),
-            "by_agent": _tally(r.data.get("agent") for r in replays),
-            "by_remote": _tally(r.data.get("remote") for r in replays),
+            "total": _total(replays),
+            "by_agent": _tally(replays, data("agent")),
+            "by_remote": _tally(replays, data("remote")),
         },
         "rate_limited": {
-            "total": len(limited),
-            "by_scope": _tally(r.data.get("scope") for r in limited),
-            "by_agent": _tally(r.data.get("agent") for r in limited),
+            "total": _total(limited),
+            "by_scope": _tally(limited, data("scope")),
+            "by_agent": _tally(limited, data("agent")),
         },
         "admin_auth_failures": {
-            "total": len(admin),
-            "by_reason": _tally(r.data.get("reason") for r in admin),
-            "by_remote": _tally(r.data.get("remote") for r in admin),
+            "total": _total(admin),
+            "by_reason": _tally(admin, data("reason")),
+            "by_remote": _tally(admin, data("remote")),
         },
         "flag_changes": [
             {
@@ -392,29 +410,32 @@ def security_report(records: Iterable[Record], since: float | None = None) -> di
 
 
 def format_security(report: dict[str, Any]) -> str:
+    """The report as text; every name in it came from a request, so each is `printable`."""
+    p = printable
     lines = [f"security report since {iso(report['since']) if report['since'] else 'the start'}"]
     a = report["auth_rejections"]
     lines.append(f"auth rejections: {a['total']}")
     lines += [
-        f"  {row['reason']:<24} {row['agent'] or '(unknown)':<20} {row['count']:>6}"
+        f"  {p(row['reason']):<24} {p(row['agent'] or '(unknown)'):<20} {row['count']:>6}"
         for row in a["by_reason_and_agent"]
     ]
     rp = report["replays"]
     lines.append(f"replay attempts (replayed_nonce): {rp['total']}")
-    lines += [f"  {agent:<45} {n:>6}" for agent, n in rp["by_agent"].items()]
+    lines += [f"  {p(agent):<45} {n:>6}" for agent, n in rp["by_agent"].items()]
     rl = report["rate_limited"]
     lines.append(f"rate-limit hits: {rl['total']}")
-    lines += [f"  scope {scope:<39} {n:>6}" for scope, n in rl["by_scope"].items()]
-    lines += [f"  agent {agent:<39} {n:>6}" for agent, n in rl["by_agent"].items()]
+    lines += [f"  scope {p(scope):<39} {n:>6}" for scope, n in rl["by_scope"].items()]
+    lines += [f"  agent {p(agent):<39} {n:>6}" for agent, n in rl["by_agent"].items()]
     ad = report["admin_auth_failures"]
     lines.append(f"failed admin logins: {ad['total']}")
-    lines += [f"  {reason:<45} {n:>6}" for reason, n in ad["by_reason"].items()]
+    lines += [f"  {p(reason):<45} {n:>6}" for reason, n in ad["by_reason"].items()]
+    lines += [f"  from {p(remote):<40} {n:>6}" for remote, n in ad["by_remote"].items()]
     lines.append(f"flag changes: {len(report['flag_changes'])}")
     for fc in report["flag_changes"]:
         new = fc["new"] or {}
         lines.append(
-            f"  {fc['time']} by {fc['actor']}: enabled={new.get('elicitation_enabled')} "
-            f"rollout={new.get('rollout_percent')} reason={fc['reason']!r}"
+            f"  {fc['time']} by {p(fc['actor'])}: enabled={new.get('elicitation_enabled')} "
+            f"rollout={new.get('rollout_percent')} reason={p(repr(fc['reason']))}"
         )
     return "\n".join(lines)
 
@@ -431,19 +452,26 @@ def record_json(r: Record) -> dict[str, Any]:
 
 
 def _summary(r: Record) -> str:
-    keys = ("request_id", *AGENT_FIELDS, "reason", "cause", "path", "status", "scope")
-    parts = [f"{k}={r.data[k]}" for k in keys if r.data.get(k) not in (None, "", [])]
-    return " ".join(parts)[:120]
+    keys = ("request_id", *AGENT_FIELDS, "reason", "cause", "path", "status", "scope", "count")
+    parts = [
+        f"{k}={printable(r.data[k])}"
+        for k in keys
+        if r.data.get(k) not in (None, "", []) and (k != "count" or r.data.get("aggregated"))
+    ]
+    return " ".join(parts)[:160]
 
 
 TABLE_HEADER = f"{'POSITION':>8}  {'TIME':<24}  {'TYPE':<20}  {'ACTOR':<12}  {'STREAM':<28}  DETAIL"
 
 
 def table_row(r: Record) -> str:
-    stream = r.stream if len(r.stream) <= 28 else r.stream[:27] + "…"
+    """One line per event, whatever the event holds: every stored value is `printable`
+    (a refused request's path is chosen by whoever sent it)."""
+    stream = printable(r.stream)
+    stream = stream if len(stream) <= 28 else stream[:27] + "…"
     return (
-        f"{r.position:>8}  {iso(r.time):<24}  {r.type:<20}  {r.actor:<12}  "
-        f"{stream:<28}  {_summary(r)}"
+        f"{r.position:>8}  {iso(r.time):<24}  {printable(r.type):<20}  "
+        f"{printable(r.actor):<12}  {stream:<28}  {_summary(r)}"
     )
 
 
@@ -661,7 +689,9 @@ def cmd_verify_export(args: argparse.Namespace) -> int:
     report = verify_export(export, key.read_bytes(), progress_printer("verifying"))
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    print(json.dumps(report.to_json(), indent=2) if args.json else report.describe())
+    print(
+        json.dumps(report.to_json(), indent=2) if args.json else printable_lines(report.describe())
+    )
     return EXIT_OK if report.ok else EXIT_FAIL
 
 

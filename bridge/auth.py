@@ -8,14 +8,19 @@ nothing reaches a tool unless all of them passed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from security import RequestView
+from events import NewEvent
+from security import ConsoleSession, ConsoleSessions, Rejection, RequestView, bearer_token
 
 from .domain import ADMIN_AUTH_FAILED, AUTH_REJECTED, RATE_LIMITED, SECURITY_STREAM
 
@@ -24,6 +29,12 @@ if TYPE_CHECKING:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AGENT = web.RequestKey("lighthouse_agent", str)
+OPERATOR = web.RequestKey("lighthouse_operator", str)
+"""Who made an admin call through the console (`console:<name>`), set by `admin_auth`."""
+CONSOLE_SESSIONS = web.AppKey("console_sessions", ConsoleSessions)
+CONSOLE_COOKIE = "lh_console"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 log = logging.getLogger("lighthouse.security")
 
 
@@ -54,13 +65,49 @@ def _refuse(
     return web.json_response({"error": error, "reason": reason}, status=status, headers=headers)
 
 
-async def _record(bridge: Bridge, type_: str, data: dict[str, Any]) -> None:
+_MAX_PATH = 256  # a refused request's path is attacker-chosen: keep a bounded prefix
+
+
+async def _record(
+    bridge: Bridge, type_: str, source: str, reason: str, data: dict[str, Any]
+) -> None:
+    """Record a refusal within the write budget (`refusals.RefusalLedger`): the first ones
+    of a window individually, the rest as one aggregated fact when the window ends."""
+    path = data.get("path")
+    if isinstance(path, str) and len(path) > _MAX_PATH:
+        data = {**data, "path": path[:_MAX_PATH], "path_truncated": True}
+    if not bridge.refusals.note(type_, source, reason, data):
+        return
     try:
         await bridge.log.record(
             SECURITY_STREAM, type_, data, actor=data.get("agent") or "anonymous"
         )
     except Exception:  # a store failure must not turn a refusal into a 500
         log.exception("could not record %s", type_)
+
+
+async def flush_refusals(bridge: Bridge, *, final: bool = False) -> int:
+    """Write the aggregated facts of the windows that ended; returns how many."""
+    summaries = bridge.refusals.due(final=final)
+    if not summaries:
+        return 0
+    events = [
+        NewEvent(type=s.type, data=s.data, actor=s.data.get("agent") or "anonymous")
+        for s in summaries
+    ]
+    try:
+        await bridge.log.append(SECURITY_STREAM, events)
+    except Exception:
+        log.exception("could not record %d aggregated refusals", len(events))
+        return 0
+    return len(events)
+
+
+async def refusal_flusher(bridge: Bridge) -> None:
+    """Runs for the bridge's lifetime: writes each window's aggregates when it ends."""
+    while True:
+        await asyncio.sleep(max(0.05, bridge.refusals.next_boundary() - time.time()))
+        await flush_refusals(bridge)
 
 
 def agent_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
@@ -77,7 +124,47 @@ def agent_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
     return middleware
 
 
-async def _check_agent(bridge: Bridge, request: web.Request) -> web.Response | None:
+class _BodyTooSlow(Exception):
+    """The body did not arrive at the minimum rate (a slow-body attack holds a
+    connection and a buffer for as long as the server waits)."""
+
+
+async def read_body(request: web.Request, *, min_rate: float, grace_s: float) -> bytes:
+    """`request.read()` (so handlers read the cached bytes) with a deadline that moves
+    with the bytes received: after ``grace_s`` the body must keep arriving at
+    ``min_rate`` bytes/s on average. Raises `_BodyTooSlow` when it does not."""
+    content = request.content
+    if content.is_eof() or (
+        request.content_length is not None and content.total_bytes >= request.content_length
+    ):
+        return await request.read()  # already buffered (the common case): no watchdog
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reading = asyncio.ensure_future(request.read())
+    try:
+        while True:
+            received = request.content.total_bytes
+            left = started + grace_s + received / min_rate - loop.time()
+            if left <= 0:
+                raise _BodyTooSlow
+            done, _ = await asyncio.wait({reading}, timeout=min(left, 1.0))
+            if done:
+                return reading.result()
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
+
+
+def _has_body(request: web.Request) -> bool:
+    return (
+        bool(request.content_length)
+        or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    )
+
+
+async def _check_agent(bridge: Bridge, request: web.Request) -> web.StreamResponse | None:
     s = bridge.settings
     remote = client_address(request, s.trusted_proxies)
     base = {"remote": remote, "method": request.method, "path": request.path}
@@ -94,28 +181,35 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.Response | N
         await _record(
             bridge,
             RATE_LIMITED,
+            remote,
+            "address",
             {**base, "scope": "address", "agent": None, "retry_after": by_address.retry_after},
         )
-        return _refuse(429, "rate_limited", by_address.headers(), error="too_many_requests")
+        return _unread(
+            _refuse(429, "rate_limited", by_address.headers(), error="too_many_requests")
+        )
     if (request.content_length or 0) > s.max_body_bytes:
         return await _reject(bridge, 413, "body_too_large", base, error="too_large")
+    head = RequestView(
+        request.method, request.rel_url.raw_path, request.rel_url.raw_query_string, request.headers
+    )
+    # The signature covers the digest header, not the body: a forged or unsigned request
+    # is refused before the server waits for a single byte of its body.
+    headed = bridge.verifier.check_headers(head, has_body=_has_body(request))
+    if isinstance(headed, Rejection):
+        return await _reject_signature(bridge, headed, base)
     try:
-        body = await request.read()
+        body = await read_body(request, min_rate=s.body_min_rate, grace_s=s.body_grace_s)
     except web.HTTPRequestEntityTooLarge:
         return await _reject(bridge, 413, "body_too_large", base, error="too_large")
-    view = RequestView(
-        request.method,
-        request.rel_url.raw_path,
-        request.rel_url.raw_query_string,
-        request.headers,
-        body,
-    )
-    verdict = await bridge.verifier.verify(view)
-    if not hasattr(verdict, "nonce"):  # a Rejection
-        data = {**base, "agent": verdict.agent, "key_id": verdict.key_id}
-        return await _reject(
-            bridge, verdict.status, verdict.reason.value, data, public=verdict.public_reason
-        )
+    except _BodyTooSlow:
+        return await _reject(bridge, 408, "body_too_slow", base, error="request_timeout")
+    view = RequestView(head.method, head.path, head.query, head.headers, body)
+    verdict: Any = bridge.verifier.check_body(headed, view)
+    if not isinstance(verdict, Rejection):
+        verdict = await bridge.verifier.claim(verdict)
+    if isinstance(verdict, Rejection):
+        return await _reject_signature(bridge, verdict, base)
     agent = verdict.agent
     session_id = request.headers.get("mcp-session-id")
     if session_id is not None:
@@ -129,11 +223,29 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.Response | N
         await _record(
             bridge,
             RATE_LIMITED,
+            agent,
+            "agent",
             {**base, "scope": "agent", "agent": agent, "retry_after": by_agent.retry_after},
         )
         return _refuse(429, "rate_limited", by_agent.headers(), error="too_many_requests")
     request[AGENT] = agent
     return None
+
+
+def _unread(response: web.Response) -> web.Response:
+    """Close the connection after a refusal sent before the body was read: otherwise the
+    server would go on reading (and waiting for) a body it has already refused."""
+    response.force_close()
+    return response
+
+
+async def _reject_signature(
+    bridge: Bridge, verdict: Rejection, base: dict[str, Any]
+) -> web.Response:
+    data = {**base, "agent": verdict.agent, "key_id": verdict.key_id}
+    return await _reject(
+        bridge, verdict.status, verdict.reason.value, data, public=verdict.public_reason
+    )
 
 
 async def _reject(
@@ -149,54 +261,145 @@ async def _reject(
     await _record(
         bridge,
         AUTH_REJECTED,
+        str(data.get("remote")),
+        reason,
         {"agent": None, "key_id": None, **data, "reason": reason, "status": status},
     )
-    log.info(
-        "rejected %s %s from %s: %s",
+    log.debug(
+        "rejected %r %r from %s: %s",
         data.get("method"),
         data.get("path"),
         data.get("remote"),
         reason,
     )
-    return _refuse(status, public or reason, error=error)
+    return _unread(_refuse(status, public or reason, error=error))
+
+
+def _is_admin_path(path: str) -> bool:
+    return path == "/feature_flags" or path.startswith("/admin/")
+
+
+def console_session(request: web.Request) -> ConsoleSession | None:
+    """The console session named by the request's cookie, if it is live."""
+    sessions = request.app.get(CONSOLE_SESSIONS)
+    return None if sessions is None else sessions.get(request.cookies.get(CONSOLE_COOKIE))
+
+
+def _console_refusal(request: web.Request, session: ConsoleSession) -> str | None:
+    """Why a console call may not proceed: a state-changing one needs Origin and CSRF."""
+    if request.method in _SAFE_METHODS:
+        return None
+    if request.headers.get("Origin") is None:  # browsers send it on every POST/DELETE
+        return "missing_origin"
+    if not ConsoleSessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
+        return "csrf_failed"
+    return None
 
 
 def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
-    """Bearer token on `/feature_flags` and `/admin/…`; agent keys never grant these."""
+    """Bearer token on `/feature_flags` and `/admin/…`; agent keys never grant these.
+
+    A valid token is always accepted, even from an address that is throttled: the kill
+    switch must work during the incident it exists for. Only wrong tokens count towards
+    the throttle (a 256-bit token cannot be guessed anyway; the throttle only keeps a
+    guesser from burning CPU), and requests without any token — a cross-site `<img>` —
+    are refused without counting. Every failure is recorded within the refusal budget.
+
+    A console session cookie (see `bridge.console`) stands in for the token when no
+    `Authorization` header is sent; a state-changing call must then also carry the
+    session's CSRF token and an Origin (which `bridge.origin` has already checked).
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not (request.path == "/feature_flags" or request.path.startswith("/admin/")):
+        if not _is_admin_path(request.path):
             return await handler(request)
         bridge = bridge_of(request)
         remote = client_address(request, bridge.settings.trusted_proxies)
         origin = bridge.origin.check(request.host, request.headers.get("Origin"))
         if origin is not None:
-            bridge.metrics.admin_auth_failures.inc()
-            await _record(
-                bridge,
-                ADMIN_AUTH_FAILED,
-                {"remote": remote, "reason": origin.reason, "path": request.path, "agent": None},
-            )
-            return _refuse(origin.status, origin.reason, error="forbidden")
+            return await refuse_admin(bridge, remote, request.path, origin.reason, 403)
+        session = None if "Authorization" in request.headers else console_session(request)
+        if session is not None:
+            refused = _console_refusal(request, session)
+            if refused is not None:
+                return await refuse_admin(bridge, remote, request.path, refused, 403)
+            request[OPERATOR] = f"console:{session.operator}"
+            return await handler(request)
         result = bridge.admin.check(remote, request.headers.get("Authorization"))
         if not result.ok:
-            bridge.metrics.admin_auth_failures.inc()
-            if result.reason != "throttled":  # a blocked client cannot flood the log
-                await _record(
-                    bridge,
-                    ADMIN_AUTH_FAILED,
-                    {
-                        "remote": remote,
-                        "reason": result.reason,
-                        "path": request.path,
-                        "agent": None,
-                    },
-                )
-            headers = (
-                {"Retry-After": str(int(result.retry_after) + 1)} if result.retry_after else None
+            return await refuse_admin(
+                bridge,
+                remote,
+                request.path,
+                result.reason or "invalid_token",
+                result.status,
+                result.retry_after,
             )
-            return _refuse(result.status, result.reason or "invalid_token", headers)
         return await handler(request)
 
     return middleware
+
+
+async def refuse_admin(
+    bridge: Bridge,
+    remote: str,
+    path: str,
+    reason: str,
+    status: int,
+    retry_after: float | None = None,
+) -> web.Response:
+    """Count, record (within the refusal budget) and refuse a failed admin authentication;
+    the console's sign-in uses it too, so its failures look like any admin failure."""
+    bridge.metrics.admin_auth_failures.inc()
+    data = {"remote": remote, "reason": reason, "path": path, "agent": None}
+    await _record(bridge, ADMIN_AUTH_FAILED, remote, reason, data)
+    headers = {"Retry-After": str(int(retry_after) + 1)} if retry_after else None
+    error = "forbidden" if status == 403 else "unauthorized"
+    if status == 429:
+        error = "too_many_requests"
+    return _unread(_refuse(status, reason, headers, error=error))
+
+
+def host_guard(bridge_of: Callable[[web.Request], Bridge]) -> Any:
+    """The Host/Origin check on every other route (`/health`, `/metrics`, unknown paths):
+    a DNS-rebinding page must not read them either. `/metrics` is for the loopback
+    interface only unless the operator set a metrics token, then for its bearer only."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/mcp" or _is_admin_path(request.path):
+            return await handler(request)  # checked (and recorded) by their own middleware
+        bridge = bridge_of(request)
+        remote = client_address(request, bridge.settings.trusted_proxies)
+        base = {"remote": remote, "method": request.method, "path": request.path}
+        origin = bridge.origin.check(request.host, request.headers.get("Origin"))
+        if origin is not None:
+            return await _reject(bridge, origin.status, origin.reason, base, error="forbidden")
+        if request.path == "/metrics":
+            reason = metrics_refusal(
+                remote, request.headers.get("Authorization"), bridge.settings.metrics_token
+            )
+            if reason is not None:
+                return await _reject(bridge, 403 if reason == "not_loopback" else 401, reason, base)
+        return await handler(request)
+
+    return middleware
+
+
+def metrics_refusal(remote: str, authorization: str | None, token: str | None) -> str | None:
+    """Why a `/metrics` scrape is refused, or None. Metrics name agents and show load:
+    with no token they are served to loopback clients only (a scraper on the host or a
+    sidecar); with a token, to its bearer from anywhere (and only to it)."""
+    if token:
+        offered = bearer_token(authorization)
+        if offered is None:
+            return "missing_token"
+        if not hmac.compare_digest(offered.encode(), token.encode()):
+            return "invalid_token"
+        return None
+    try:
+        loopback = ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        loopback = False
+    return None if loopback else "not_loopback"

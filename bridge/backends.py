@@ -38,7 +38,10 @@ async def open_store(settings: Settings) -> GroupCommitStore:
     return await SqliteEventStore.open(config)
 
 
-async def open_nonces(settings: Settings) -> NonceStore:
+async def open_nonces(settings: Settings, *, fresh_install: bool = False) -> NonceStore:
+    """The nonce store; *fresh_install* (no agents yet) means no signed request can predate
+    it, so a SQLite store born now refuses nothing (see `NonceStore.born_at`). The shared
+    backends do not record a birth yet: losing Redis's keys is not detected."""
     window = settings.skew_s + 60
     if settings.redis_url:
         from security.shared import RedisNonceStore
@@ -50,7 +53,7 @@ async def open_nonces(settings: Settings) -> NonceStore:
         from security.shared import PostgresNonceStore
 
         return await PostgresNonceStore.open(settings.database_url, window)
-    return SQLiteNonceStore(settings.nonce_db, window=window)
+    return SQLiteNonceStore(settings.nonce_db, window=window, fresh_install=fresh_install)
 
 
 def agent_rate_limiter(settings: Settings) -> RateLimiter:

@@ -8,21 +8,21 @@ does. Errors are one clear line on stderr and a non-zero exit code, never a trac
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from events import SqliteEventStore, StoreConfig, StoreError, verify_with_config
-from events.sqlite import migrate as migrate_store
-
 from .config import Settings, env_admin_token, env_database_url, env_redis_url, env_url
+from .display import printable, table
 from .observability import configure_logging
+
+# Imports of the store, the server and the MCP SDK happen inside the commands that use
+# them: `lighthouse --help` and `flags show` against a running bridge stay well under
+# 0.3 s instead of ~1 s of imports before anything happens.
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -36,15 +36,37 @@ class CliError(Exception):
 # -- talking to a running bridge ---------------------------------------------------------
 
 
-def _admin_token(db: Path) -> str | None:
+class _Token:
+    """The admin token the CLI will send, and where it came from (for error messages)."""
+
+    def __init__(self, value: str | None, source: str, tried: list[str]) -> None:
+        self.value, self.source, self.tried = value, source, tried
+
+
+def _admin_token(db: Path) -> _Token:
+    """LIGHTHOUSE_ADMIN_TOKEN; else the token file of the bridge answering at
+    LIGHTHOUSE_URL (its discovery file names it, whatever the working directory); else
+    the one beside *db*."""
     token = env_admin_token()
     if token:
-        return token
-    path = Settings(db=db).admin_token_file
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
+        return _Token(token, "LIGHTHOUSE_ADMIN_TOKEN", [])
+    from .discovery import read_discovery
+
+    candidates = []
+    running = read_discovery(env_url())
+    if running and running.get("admin_token_file"):
+        candidates.append(Path(running["admin_token_file"]))
+    candidates.append(Settings(db=db).admin_token_file)
+    tried = []
+    for path in dict.fromkeys(candidates):
+        tried.append(str(path))
+        try:
+            value = path.read_text().strip()
+        except OSError:
+            continue
+        if value:
+            return _Token(value, str(path), tried)
+    return _Token(None, "none", tried)
 
 
 def _http(
@@ -55,13 +77,16 @@ def _http(
     headers: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
     url = env_url() + path
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
     token = _admin_token(db)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    if token.value:
+        request.add_header("Authorization", f"Bearer {token.value}")
     for k, v in (headers or {}).items():
         request.add_header(k, v)
     try:
@@ -72,10 +97,22 @@ def _http(
             payload = json.loads(exc.read() or b"null")
         except ValueError:
             payload = None
+        if exc.code == 401 and isinstance(payload, dict):
+            payload = {**payload, "token": _token_hint(token)}
         return exc.code, payload
 
 
+def _token_hint(token: _Token) -> str:
+    if token.value is None:
+        tried = ", ".join(token.tried) or "no file"
+        return f"no admin token found (tried {tried}; or set LIGHTHOUSE_ADMIN_TOKEN)"
+    return f"the token from {token.source} was not accepted"
+
+
 def _server_up() -> bool:
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(env_url() + "/health", timeout=2) as response:
             return response.status == 200
@@ -89,7 +126,9 @@ def _admin_call(method: str, path: str, body: Any, db: Path, **kw: Any) -> Any:
         detail = (
             payload.get("message") or payload.get("reason") if isinstance(payload, dict) else None
         )
-        raise CliError(f"{method} {path} failed with HTTP {status}: {detail or payload}")
+        hint = payload.get("token") if isinstance(payload, dict) else None
+        message = f"{method} {path} failed with HTTP {status}: {detail or payload}"
+        raise CliError(message + (f"; {hint}" if hint else ""))
     return payload
 
 
@@ -107,6 +146,8 @@ async def _with_bridge(db: Path, work: Callable[[Any], Awaitable[Any]]) -> Any:
 
 
 def _direct(db: Path, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    import asyncio
+
     return asyncio.run(_with_bridge(db, work))
 
 
@@ -159,14 +200,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_open_per_recipient=args.max_open_per_recipient,
             max_fanout=args.max_fanout,
             message_retention_s=args.message_retention,
+            refusal_window_s=args.refusal_window,
+            refusal_burst=args.refusal_burst,
+            max_connections_per_address=args.max_connections_per_address,
+            header_timeout_s=args.header_timeout,
+            body_min_rate=args.body_min_rate,
+            metrics_token=_metrics_token(args.metrics_token_file),
         )
     )
     return EXIT_OK
 
 
+def _metrics_token(path: str | None) -> str | None:
+    """From LIGHTHOUSE_METRICS_TOKEN or a file: a secret never goes on the command line."""
+    if path:
+        token = Path(path).read_text().strip()
+        if not token:
+            raise CliError(f"--metrics-token-file {path} is empty", EXIT_USAGE)
+        return token
+    return os.environ.get("LIGHTHOUSE_METRICS_TOKEN") or None
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from events.sqlite import migrate as migrate_store
+
     url = _database_url(args)
     if url:  # safe beside running bridges: migrations take an advisory lock
+        import asyncio
+
         from events.postgres import migrate as migrate_postgres
 
         applied = asyncio.run(migrate_postgres(url))
@@ -210,7 +271,55 @@ def cmd_agents(args: argparse.Namespace) -> int:
             result = _direct(_db(args), work)
         except AgentError as exc:
             raise CliError(str(exc)) from None
-    print(json.dumps(result, indent=None if op == "add" else 2))
+    if op == "list" and not args.json:
+        print(_agents_table(result["agents"]))
+    else:  # `add` prints the secret once, as JSON a script (or a person) can keep
+        print(json.dumps(result, indent=None if op == "add" else 2))
+    return EXIT_OK
+
+
+def _agents_table(agents: list[dict[str, Any]]) -> str:
+    if not agents:
+        return "no agents registered"
+    return table(
+        ("agent", "roles", "capabilities", "status", "active keys"),
+        [
+            (
+                a["agent"],
+                ",".join(a["roles"]) or "-",
+                ",".join(a["capabilities"]) or "-",
+                "revoked" if a["revoked"] else "active",
+                ",".join(a["active_key_ids"]) or "-",
+            )
+            for a in agents
+        ],
+    )
+
+
+def _flags_table(flags: dict[str, Any]) -> str:
+    changed_at = flags.get("changed_at")
+    rows: list[tuple[str, Any]] = [
+        ("elicitation", "enabled" if flags.get("elicitation_enabled") else "DISABLED"),
+        ("rollout", f"{flags.get('rollout_percent')}%"),
+        ("version", flags.get("version")),
+        ("changed by", flags.get("changed_by")),
+        ("changed at", _iso(changed_at) if isinstance(changed_at, int | float) else changed_at),
+    ]
+    rows += [
+        (f"override {agent}", "on" if on else "off")
+        for agent, on in sorted((flags.get("overrides") or {}).items())
+    ]
+    return table(("flag", "value"), rows)
+
+
+def _iso(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _print_flags(flags: Any, as_json: bool) -> int:
+    print(json.dumps(flags, indent=2) if as_json else _flags_table(flags))
     return EXIT_OK
 
 
@@ -218,16 +327,13 @@ def cmd_flags(args: argparse.Namespace) -> int:
     db = _db(args)
     if args.flags_command == "show":
         if _use_server(args):
-            print(json.dumps(_admin_call("GET", "/feature_flags", None, db), indent=2))
-            return EXIT_OK
-        return _direct(db, lambda b: _print_async(b.flags.describe()))
+            return _print_flags(_admin_call("GET", "/feature_flags", None, db), args.json)
+        return _direct(db, lambda b: _print_async(_print_flags, b.flags.describe(), args.json))
     change = _flag_change(args)
     headers = {"If-Match": str(args.if_version)} if args.if_version is not None else None
     if _use_server(args):
-        print(
-            json.dumps(_admin_call("POST", "/feature_flags", change, db, headers=headers), indent=2)
-        )
-        return EXIT_OK
+        flags = _admin_call("POST", "/feature_flags", change, db, headers=headers)
+        return _print_flags(flags, args.json)
     raise CliError(
         "no bridge answers at LIGHTHOUSE_URL; start `lighthouse serve` to change "
         "flags (changes apply to the running bridge at once)",
@@ -235,9 +341,8 @@ def cmd_flags(args: argparse.Namespace) -> int:
     )
 
 
-async def _print_async(payload: Any) -> int:
-    print(json.dumps(payload, indent=2))
-    return EXIT_OK
+async def _print_async(show: Callable[..., int], *args: Any) -> int:
+    return show(*args)
 
 
 def _flag_change(args: argparse.Namespace) -> dict[str, Any]:
@@ -279,11 +384,24 @@ def cmd_drain(args: argparse.Namespace) -> int:
     result = _admin_call(
         "POST", "/admin/drain", {"timeout": args.timeout}, _db(args), timeout=args.timeout + 30
     )
-    print(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        labels = {
+            "in_flight_at_start": "in flight at start",
+            "finished": "finished",
+            "moved_to_legacy": "moved to legacy",
+            "draining": "draining",
+        }
+        print(table(("drain", "value"), [(labels.get(k, k), v) for k, v in result.items()]))
     return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from events import StoreConfig, verify_with_config
+
     db = _db(args)
     url = _database_url(args)
     if url is None and not db.exists():
@@ -333,17 +451,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         first = report.first
         assert first is not None
-        print(f"FAILED at position {first.position}: {first.kind}: {first.detail}")
+        print(printable(f"FAILED at position {first.position}: {first.kind}: {first.detail}"))
         for p in report.problems[1:10]:
-            print(f"  also at {p.position}: {p.kind}: {p.detail}")
+            print(printable(f"  also at {p.position}: {p.kind}: {p.detail}"))
     return EXIT_OK if report.ok else EXIT_FAIL
 
 
-async def _open_readonly(config: StoreConfig) -> Any:
+async def _open_readonly(config: Any) -> Any:
     if config.url:
         from events.postgres import PostgresEventStore
 
         return await PostgresEventStore.open(config)
+    from events import SqliteEventStore
+
     return await SqliteEventStore.open(config)
 
 
@@ -358,7 +478,7 @@ def _progress(label: str) -> Callable[[int, int], None]:
 # -- parser ------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lighthouse", description=__doc__.splitlines()[0])
     p.add_argument("--log-level", default=os.environ.get("LIGHTHOUSE_LOG_LEVEL", "WARNING"))
     sub = p.add_subparsers(dest="command", required=True)
@@ -486,6 +606,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="unacknowledged messages expire (recorded) after this (default 7 days)",
     )
     s.add_argument(
+        "--refusal-window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="refusals beyond --refusal-burst per source and reason in this window are "
+        "recorded as one aggregated event (default 60)",
+    )
+    s.add_argument(
+        "--refusal-burst",
+        type=int,
+        default=5,
+        help="refusals per source and reason recorded one by one per window (default 5)",
+    )
+    s.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=256,
+        help="open connections one client address may hold (default 256)",
+    )
+    s.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a connection must send a request's headers within this (default 10)",
+    )
+    s.add_argument(
+        "--body-min-rate",
+        type=float,
+        default=1024.0,
+        metavar="BYTES_PER_S",
+        help="after a 5 s grace a request body must arrive at least this fast (default 1024)",
+    )
+    s.add_argument(
+        "--metrics-token-file",
+        metavar="FILE",
+        help="serve /metrics to the bearer of this token from anywhere (also "
+        "LIGHTHOUSE_METRICS_TOKEN); without one, /metrics answers loopback clients only",
+    )
+    s.add_argument(
         "--no-elicitation",
         action="store_true",
         help="start with elicitation off (until a flag change)",
@@ -502,15 +662,20 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--role", action="append", default=[])
     add.add_argument("--capability", action="append", default=[])
-    with_db(asub.add_parser("list"))
+    with_db(asub.add_parser("list")).add_argument(
+        "--json", action="store_true", help="JSON instead of a table"
+    )
     for name in ("rotate-key", "revoke"):
         with_db(asub.add_parser(name)).add_argument("name")
     a.set_defaults(func=cmd_agents)
 
     f = sub.add_parser("flags", help="show or change the elicitation flag")
     fsub = f.add_subparsers(dest="flags_command", required=True)
-    with_db(fsub.add_parser("show"))
+    with_db(fsub.add_parser("show")).add_argument(
+        "--json", action="store_true", help="JSON instead of a table"
+    )
     fs = with_db(fsub.add_parser("set"))
+    fs.add_argument("--json", action="store_true", help="print the new state as JSON")
     onoff = fs.add_mutually_exclusive_group()
     onoff.add_argument("--enable", action="store_true", help="elicitation on")
     onoff.add_argument("--disable", action="store_true", help="elicitation off (kill switch)")
@@ -527,6 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = with_db(sub.add_parser("drain", help="finish or move in-flight elicitations"))
     d.add_argument("--timeout", type=float, default=30.0)
+    d.add_argument("--json", action="store_true", help="JSON instead of a table")
     d.set_defaults(func=cmd_drain)
 
     v = with_url(
@@ -536,9 +702,32 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--public-key", help="checkpoint public key PEM (default: from the key dir)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
-    for add_commands in _extensions("add_commands"):
-        add_commands(sub)
+    chosen = _command_in(sys.argv[1:] if argv is None else argv)
+    for command, (module, help_text) in _EXTENSION_COMMANDS.items():
+        if command == chosen:  # only the module of the command that runs is imported
+            importlib.import_module(module).add_commands(sub)
+        else:
+            sub.add_parser(command, help=help_text, add_help=False)
     return p
+
+
+# Subsystems that bring their own commands: command -> (module, help in `lighthouse -h`).
+_EXTENSION_COMMANDS: dict[str, tuple[str, str]] = {
+    "repair": ("bridge.repair", "verify, rebuild state from the log, resolve requests left open"),
+    "audit": ("bridge.audit", "query, export and verify the event log"),
+    "mcp": ("bridge.gateway", "stdio MCP gateway for hosts that cannot sign requests"),
+}
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand *argv* names (the first word that is not an option or its value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _extensions(attribute: str) -> list[Callable[..., Any]]:
@@ -549,15 +738,22 @@ def _extensions(attribute: str) -> list[Callable[..., Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     configure_logging(args.log_level)
     try:
         return args.func(args)
     except CliError as exc:
         print(f"lighthouse: {exc}", file=sys.stderr)
         return exc.code
-    except (StoreError, OSError, ValueError) as exc:
-        print(f"lighthouse: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"lighthouse: {printable(exc)}", file=sys.stderr)
+        return EXIT_FAIL
+    except Exception as exc:
+        from events import StoreError
+
+        if not isinstance(exc, StoreError):
+            raise
+        print(f"lighthouse: {printable(exc)}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from events import StoreConfig
+if TYPE_CHECKING:  # imported when used: `lighthouse --help` must not load the store code
+    from events import StoreConfig
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 
@@ -44,6 +46,15 @@ class Settings:
     max_sessions: int = 10_000
     trusted_proxies: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    # refusals written to the log: `burst` individually per source and reason per window
+    refusal_window_s: float = 60.0
+    refusal_burst: int = 5
+    # connections: before auth, nothing may hold a socket or a buffer for long
+    max_connections_per_address: int = 256
+    header_timeout_s: float = 10.0
+    body_grace_s: float = 5.0
+    body_min_rate: float = 1024.0  # bytes/s a body must keep up after the grace period
+    metrics_token: str | None = field(default=None, repr=False)
     # delivery
     elicitation_default: bool = True
     max_wait_s: float = 25.0
@@ -81,6 +92,8 @@ class Settings:
         return self.db.with_name(self.db.name + ".nonces")
 
     def store_config(self, *, readonly: bool = False) -> StoreConfig:
+        from events import StoreConfig
+
         return StoreConfig(
             path=self.db,
             url=self.database_url,

@@ -43,10 +43,14 @@ DRAIN_FINISHED: Final = "DrainFinished"
 REPAIR_COMPLETED: Final = "RepairCompleted"
 DAMAGE_ACCEPTED: Final = "DamageAccepted"
 AUTO_ROLLBACK: Final = "AutoRollbackTriggered"
+RUNBOOK_STEP: Final = "RunbookStepRecorded"
 # Security
 AUTH_REJECTED: Final = "AuthRejected"
 RATE_LIMITED: Final = "RateLimited"
 ADMIN_AUTH_FAILED: Final = "AdminAuthFailed"
+CONSOLE_SIGNED_IN: Final = "ConsoleSignedIn"
+CONSOLE_SIGNED_OUT: Final = "ConsoleSignedOut"
+NONCE_STORE_CREATED: Final = "NonceStoreCreated"
 
 TERMINAL_TYPES: Final = frozenset(
     {REQUEST_ANSWERED, REQUEST_DECLINED, REQUEST_CANCELLED, REQUEST_TIMED_OUT, REQUEST_EXPIRED}
@@ -69,13 +73,14 @@ FLAGS_STREAM: Final = "flags"
 OPS_STREAM: Final = "operations"
 
 
-# A caller-chosen request id (and every id the bridge makes: 32 hex digits) has this form;
-# anything else sent as a request id is junk and is stored only as a digest.
-REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def valid_request_id(value: object) -> bool:
-    return isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value) is not None
+    """A request id as the bridge makes them (uuid hex) or a caller may choose them:
+    1-64 of ``[A-Za-z0-9_-]``. Checked where ids enter (tool arguments) so that an id in a
+    stream name, an event or a terminal line can never carry control characters."""
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
 
 
 def digest(value: object, limit: int = 64) -> dict[str, object]:

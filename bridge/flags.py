@@ -52,6 +52,16 @@ def bucket(agent: str, flag: str = FLAG_NAME) -> int:
     return mmh3.hash(f"{flag}:{agent}", seed=0, signed=False) % 100
 
 
+def routes_to_elicitation(state: FlagState, agent: str) -> bool:
+    """The evaluation itself, for any state: the router's, or a change being previewed."""
+    if not state.elicitation_enabled:
+        return False
+    override = state.overrides.get(agent)
+    if override is not None:
+        return override
+    return bucket(agent) < state.rollout_percent
+
+
 def parse_change(body: object, current: FlagState) -> FlagState:
     """Validate a requested change against the current state; raise FlagError naming the field.
 
@@ -125,16 +135,19 @@ class Flags:
     def elicitation_for(self, agent: str) -> bool:
         """Whether new requests to `agent` may take the elicitation path."""
         try:
-            state = self.state
-            if not state.elicitation_enabled:
-                return False
-            override = state.overrides.get(agent)
-            if override is not None:
-                return override
-            return bucket(agent) < state.rollout_percent
+            return routes_to_elicitation(self.state, agent)
         except Exception:  # any evaluation failure must degrade to the path that always works
             log.exception("flag evaluation failed; routing %s to legacy", agent)
             return False
+
+    def public(self) -> dict[str, Any]:
+        """What `/health` may show anyone who can reach it: the global switch and rollout,
+        not per-agent overrides or who changed them (those are for `/feature_flags`)."""
+        return {
+            "elicitation_enabled": self.state.elicitation_enabled,
+            "rollout_percent": self.state.rollout_percent,
+            "version": self.version,
+        }
 
     def describe(self) -> dict[str, Any]:
         return {

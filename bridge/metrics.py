@@ -87,6 +87,11 @@ class Metrics:
             ["scope"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "lighthouse_connections_refused",
+            "Connections aborted because their address held too many open ones",
+            registry=r,
+        )
         self.admin_auth_failures = Counter(
             "lighthouse_admin_auth_failures",
             "Failed admin authentications",

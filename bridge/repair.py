@@ -39,6 +39,7 @@ from events import (
     verify_with_config,
 )
 
+from .display import printable_lines
 from .domain import (
     DAMAGE_ACCEPTED,
     OPS_STREAM,
@@ -729,7 +730,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(msgspec.to_builtins(report) | {"counts": report.counts()}))
     else:
-        print(render(report, where))
+        print(printable_lines(render(report, where)))
     return EXIT_FAIL if report.status == "refused" else EXIT_OK
 
 

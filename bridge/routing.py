@@ -27,6 +27,7 @@ from mcp_types.jsonrpc import CONNECTION_CLOSED
 from events import NewEvent, Record, StoreError, WrongExpectedVersion
 from security import AgentInfo, KeyRegistry
 
+from .display import printable
 from .domain import (
     ANSWER_REJECTED,
     MESSAGE_SENT,
@@ -667,9 +668,12 @@ class Router:
         self, request_id: str, by: str, action: str, content: object, path: str
     ) -> dict[str, Any]:
         """Accept one answer for an open request, or refuse it and record why."""
-        valid = valid_request_id(request_id)
-        req = self.requests.open.get(request_id) if valid else None
-        known = req is not None or (valid and await self._was_created(request_id))
+        if not valid_request_id(request_id):
+            refused = AnswerRefused("bad_request_id", "request_id must be 1-64 of A-Z a-z 0-9 _ -")
+            await self._record_refusal(request_id, False, by, path, refused, content)
+            raise refused
+        req = self.requests.open.get(request_id)
+        known = req is not None or await self._was_created(request_id)
         try:
             terminal = self._check_answer(req, known, by, action, content)
         except AnswerRefused as refused:
@@ -718,6 +722,14 @@ class Router:
                 raise AnswerRefused(
                     "invalid_content", f"content does not match schema: {exc}"
                 ) from None
+            except Exception as exc:  # a schema stored before its keywords were type-checked
+                log.warning(
+                    "request %s: its schema cannot check an answer: %r", req.request_id, exc
+                )
+                raise AnswerRefused(
+                    "unusable_schema",
+                    "the request's schema cannot check an answer; decline or cancel it",
+                ) from None
         return terminal
 
     async def _record_refusal(
@@ -731,14 +743,16 @@ class Router:
     ) -> None:
         """Record the refusal with a bounded digest of what was sent, never the payload."""
         data: dict[str, Any] = {
-            "request_id": request_id if valid_request_id(request_id) else None,
+            "request_id": request_id
+            if valid_request_id(request_id)
+            else printable(str(request_id))[:80],
             "by": by,
             "path": path,
             "reason": refused.reason,
             "detail": str(refused)[:300],
             "content": None if content is None else digest(content),
         }
-        if data["request_id"] is None:
+        if not valid_request_id(request_id):
             data["request_id_digest"] = digest(request_id)
         stream = request_stream(str(request_id)) if known else "requests-unknown"
         try:

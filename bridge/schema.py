@@ -8,6 +8,7 @@ checking the answer means the caller never receives content its schema does not 
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date, datetime
 from typing import Any, Final
@@ -37,8 +38,18 @@ class ContentError(ValueError):
         self.errors = errors
 
 
+MAX_PROPERTIES: Final = 50
+MAX_ENUM: Final = 500
+MAX_TEXT: Final = 1000  # a title, description, enum value or property name
+
+
 def check_schema(schema: object) -> dict[str, Any]:
-    """Return the schema if it is a valid flat elicitation schema, else raise SchemaError."""
+    """Return the schema if it is a valid flat elicitation schema, else raise SchemaError.
+
+    Every keyword's type is checked here, once, at the ask: a schema that passes can be
+    rendered by the recipient's client and used by `check_content` without a type error
+    (``minLength: "5"`` or ``enum: [["x"]]`` would otherwise surface only when answering).
+    """
     if not isinstance(schema, dict):
         raise SchemaError("schema must be a JSON object")
     if schema.get("type") != "object":
@@ -46,10 +57,16 @@ def check_schema(schema: object) -> dict[str, Any]:
     unknown = set(schema) - {"type", "properties", "required", "title", "description", "$schema"}
     if unknown:
         raise SchemaError(f"schema has unsupported keys: {sorted(unknown)}")
+    for key in ("title", "description", "$schema"):
+        _text(schema, key, "schema")
     props = schema.get("properties")
     if not isinstance(props, dict) or not props:
         raise SchemaError("schema.properties must be a non-empty object")
+    if len(props) > MAX_PROPERTIES:
+        raise SchemaError(f"schema.properties has {len(props)} entries; at most {MAX_PROPERTIES}")
     for name, prop in props.items():
+        if not name or len(name) > 64 or not name.isprintable():
+            raise SchemaError(f"schema.properties: {name[:64]!r} is not a usable property name")
         _check_property(name, prop)
     required = schema.get("required", [])
     if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
@@ -60,12 +77,65 @@ def check_schema(schema: object) -> dict[str, Any]:
     return schema
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def _text(obj: dict[str, Any], key: str, where: str) -> None:
+    if key in obj and not (isinstance(obj[key], str) and len(obj[key]) <= MAX_TEXT):
+        raise SchemaError(f"{where}.{key} must be a string of at most {MAX_TEXT} characters")
+
+
+def _bounds(prop: dict[str, Any], low: str, high: str, where: str, *, counts: bool) -> None:
+    """`low`/`high` of the right type (non-negative integers for lengths and counts,
+    finite numbers otherwise) and in order."""
+    for key in (low, high):
+        if key not in prop:
+            continue
+        value = prop[key]
+        ok = (_is_int(value) and value >= 0) if counts else _is_number(value)
+        if not ok:
+            kind = "a non-negative integer" if counts else "a number"
+            raise SchemaError(f"{where}.{key} must be {kind}")
+    if low in prop and high in prop and prop[low] > prop[high]:
+        raise SchemaError(f"{where}.{low} must not exceed {high}")
+
+
+def _strings(value: object, where: str) -> list[str]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) > MAX_ENUM
+        or not all(isinstance(v, str) and len(v) <= MAX_TEXT for v in value)
+    ):
+        raise SchemaError(f"{where} must be a non-empty list of at most {MAX_ENUM} strings")
+    return value
+
+
+def _options(value: object, where: str) -> None:
+    """`oneOf` / `anyOf` choices: [{"const": "...", "title": "..."}, …]."""
+    if not isinstance(value, list) or not value or len(value) > MAX_ENUM:
+        raise SchemaError(f"{where} must be a non-empty list of at most {MAX_ENUM} choices")
+    for i, option in enumerate(value):
+        if (
+            not isinstance(option, dict)
+            or set(option) - {"const", "title"}
+            or not isinstance(option.get("const"), str)
+        ):
+            raise SchemaError(f'{where}[{i}] must be {{"const": string, "title": string}}')
+        _text(option, "title", f"{where}[{i}]")
+
+
 def _check_property(name: str, prop: object) -> None:
     where = f"schema.properties.{name}"
     if not isinstance(prop, dict):
         raise SchemaError(f"{where} must be an object")
     kind = prop.get("type")
-    if kind not in _ALLOWED_KEYS:
+    if not isinstance(kind, str) or kind not in _ALLOWED_KEYS:
         raise SchemaError(
             f"{where}.type must be one of string, number, integer, boolean, array "
             "(nested objects are not allowed in elicitation)"
@@ -73,18 +143,48 @@ def _check_property(name: str, prop: object) -> None:
     extra = set(prop) - _ALLOWED_KEYS[kind]
     if extra:
         raise SchemaError(f"{where} has unsupported keys: {sorted(extra)}")
-    if kind == "string" and "format" in prop and prop["format"] not in _STRING_FORMATS:
-        raise SchemaError(f"{where}.format must be one of {sorted(_STRING_FORMATS)}")
-    if "enum" in prop and (not isinstance(prop["enum"], list) or not prop["enum"]):
-        raise SchemaError(f"{where}.enum must be a non-empty list")
-    if kind == "array":
+    _text(prop, "title", where)
+    _text(prop, "description", where)
+    if kind == "string":
+        _check_string(prop, where)
+    elif kind in ("number", "integer"):
+        _bounds(prop, "minimum", "maximum", where, counts=False)
+        if kind == "integer":
+            for key in ("minimum", "maximum"):
+                if key in prop and not float(prop[key]).is_integer():
+                    raise SchemaError(f"{where}.{key} must be an integer")
+    elif kind == "array":
+        _bounds(prop, "minItems", "maxItems", where, counts=True)
         items = prop.get("items")
         if (
             not isinstance(items, dict)
             or items.get("type") != "string"
-            or not (isinstance(items.get("enum"), list) or isinstance(items.get("anyOf"), list))
+            or set(items) - {"type", "enum", "anyOf"}
+            or ("enum" in items) == ("anyOf" in items)
         ):
             raise SchemaError(f"{where}.items must be a string enum (multi-select)")
+        if "enum" in items:
+            _strings(items["enum"], f"{where}.items.enum")
+        else:
+            _options(items["anyOf"], f"{where}.items.anyOf")
+    if "default" in prop and _value_errors(prop, prop["default"]):
+        raise SchemaError(f"{where}.default does not match the property's own type")
+
+
+def _check_string(prop: dict[str, Any], where: str) -> None:
+    _bounds(prop, "minLength", "maxLength", where, counts=True)
+    if "format" in prop and prop["format"] not in _STRING_FORMATS:
+        raise SchemaError(f"{where}.format must be one of {sorted(_STRING_FORMATS)}")
+    if "enum" in prop:
+        values = _strings(prop["enum"], f"{where}.enum")
+        if "enumNames" in prop:
+            names = _strings(prop["enumNames"], f"{where}.enumNames")
+            if len(names) != len(values):
+                raise SchemaError(f"{where}.enumNames must have one name per enum value")
+    elif "enumNames" in prop:
+        raise SchemaError(f"{where}.enumNames needs an enum")
+    if "oneOf" in prop:
+        _options(prop["oneOf"], f"{where}.oneOf")
 
 
 def check_content(schema: dict[str, Any], content: object) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from security.admin import (
     load_or_create_admin_token,
 )
 from security.client import LighthouseAuth, signing_middleware
+from security.console import ConsoleSession, ConsoleSessions
 from security.digest import DigestError, content_digest, verify_content_digest
 from security.keys import (
     AgentInfo,
@@ -56,6 +57,8 @@ __all__ = [
     "AdminToken",
     "AdminTokenError",
     "AgentInfo",
+    "ConsoleSession",
+    "ConsoleSessions",
     "DigestError",
     "FailureThrottle",
     "GCRARateLimiter",

@@ -6,7 +6,9 @@ The plaintext lives in the environment (``LIGHTHOUSE_ADMIN_TOKEN``) or in a file
 by its owner only, which ``serve`` creates on first start and the CLI reads.
 
 Wrong tokens are throttled per client address so an exposed admin port cannot be used to
-guess tokens online (it could not succeed anyway, but it would fill logs and burn CPU).
+guess tokens online (it could not succeed anyway, but it would burn CPU). The throttle
+never applies to the right token: an operator sharing an address with a guesser (NAT, the
+same host, a cross-site page in their browser) can still pull the kill switch.
 """
 
 from __future__ import annotations
@@ -171,13 +173,17 @@ class AdminAuth:
         self.throttle = throttle or FailureThrottle()
 
     def check(self, address: str, authorization: str | None) -> AdminAuthResult:
+        """A valid token is always accepted, even from a throttled address: the throttle
+        exists to slow guessing, and must not lock the operator out of the kill switch
+        while someone else (or a cross-site page) fails from the same address. Only a
+        wrong token counts as a failure; no token at all is refused without counting."""
+        token = bearer_token(authorization)
+        if token is None:
+            return AdminAuthResult(False, 401, "missing_token")
+        if hmac.compare_digest(hash_admin_token(token), self._digest):
+            return AdminAuthResult(True)
         wait = self.throttle.retry_after(address)
         if wait is not None:
             return AdminAuthResult(False, 429, "throttled", wait)
-        token = bearer_token(authorization)
-        if token is not None and hmac.compare_digest(hash_admin_token(token), self._digest):
-            self.throttle.record_success(address)
-            return AdminAuthResult(True)
         blocked = self.throttle.record_failure(address)
-        reason = "missing_token" if token is None else "invalid_token"
-        return AdminAuthResult(False, 401, reason, blocked)
+        return AdminAuthResult(False, 401, "invalid_token", blocked)

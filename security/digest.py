@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import re
 
-__all__ = ["DigestError", "content_digest", "verify_content_digest"]
+__all__ = ["DigestError", "UnsupportedDigest", "content_digest", "verify_content_digest"]
 
 _HASHERS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 # One dictionary member: key=:base64:, optional parameters are not used by RFC 9530.
@@ -24,6 +24,11 @@ _MEMBER = re.compile(r"\s*([a-z*][a-z0-9_.*-]*)\s*=\s*:([A-Za-z0-9+/=]*):\s*")
 
 class DigestError(ValueError):
     """The ``Content-Digest`` header is malformed or lacks a ``sha-256`` member."""
+
+
+class UnsupportedDigest(DigestError):
+    """A well-formed ``Content-Digest`` without the ``sha-256`` member the profile requires
+    (e.g. ``sha-512`` only): the client must be told that, not that its body changed."""
 
 
 def content_digest(body: bytes) -> str:
@@ -50,12 +55,13 @@ def _parse(value: str) -> dict[str, bytes]:
 def verify_content_digest(value: str, body: bytes) -> bool:
     """True when *value* carries a ``sha-256`` digest equal to that of *body*.
 
-    Raises :class:`DigestError` when the header cannot be parsed or has no ``sha-256``
-    member; every known member present must match (compared in constant time).
+    Raises :class:`DigestError` when the header cannot be parsed, and
+    :class:`UnsupportedDigest` when it has no ``sha-256`` member; every known member
+    present must match (compared in constant time).
     """
     members = _parse(value)
     if "sha-256" not in members:
-        raise DigestError("Content-Digest has no sha-256 member")
+        raise UnsupportedDigest("Content-Digest has no sha-256 member")
     ok = True
     for name, expected in members.items():
         hasher = _HASHERS.get(name)

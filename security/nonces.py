@@ -19,7 +19,9 @@ import asyncio
 import hashlib
 import heapq
 import sqlite3
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["InMemoryNonceStore", "NonceStore", "SQLiteNonceStore"]
@@ -37,6 +39,11 @@ class NonceStore(ABC):
     must be at least the verifier's skew."""
 
     window: float
+    # Unix time the store began remembering nonces. A request signed earlier may carry a
+    # nonce that a lost predecessor store had seen, so the verifier refuses it. 0 means
+    # "no known gap" (a store that predates this field, or one per process by design).
+    born_at: float = 0.0
+    created_new: bool = False
 
     @abstractmethod
     async def claim(self, key_id: str, nonce: str, created: int, now: float) -> bool:
@@ -99,10 +106,13 @@ class SQLiteNonceStore(NonceStore):
         window: float = 300.0,
         *,
         purge_every: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        fresh_install: bool = False,
     ) -> None:
         self.window = window
         self._purge_every = purge_every
         self._next_purge = 0.0
+        self._was_existing = Path(path).exists() and Path(path).stat().st_size > 0
         self._db = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -110,11 +120,31 @@ class SQLiteNonceStore(NonceStore):
             "CREATE TABLE IF NOT EXISTS nonces ("
             " key BLOB PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID"
         )
+        # On a fresh install no signed request can predate the store: no gap to close.
+        self.born_at, self.created_new = self._birth(0.0 if fresh_install else clock())
         # The claims of this loop turn: key -> (expires, now, answer).
         self._batch: dict[bytes, tuple[float, float, asyncio.Future[bool]]] = {}
 
     def __len__(self) -> int:
         return self._db.execute("SELECT count(*) FROM nonces").fetchone()[0]
+
+    def _birth(self, now: float) -> tuple[float, bool]:
+        """The store's birth time, and whether it was born just now.
+
+        A store without a birth row that already has the nonces table is a store of an
+        older version (it has been remembering nonces all along): born at 0. A database
+        with neither was just created, which is exactly when a lost nonce file would
+        silently reopen the replay window.
+        """
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value REAL NOT NULL)")
+        row = db.execute("SELECT value FROM meta WHERE name = 'born_at'").fetchone()
+        if row is not None:
+            return float(row[0]), False
+        has_nonces = db.execute("SELECT 1 FROM nonces LIMIT 1").fetchone() is not None
+        born, new = (0.0, False) if has_nonces or self._was_existing else (now, True)
+        db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('born_at', ?)", (born,))
+        return float(db.execute("SELECT value FROM meta WHERE name = 'born_at'").fetchone()[0]), new
 
     def purge(self, now: float) -> int:
         """Delete expired rows; returns how many."""

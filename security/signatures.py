@@ -17,7 +17,8 @@ least revealing first, and the nonce is recorded only after everything else pass
 garbage or forged requests can never fill the nonce store::
 
     header sizes -> parse -> key lookup -> created within skew -> MAC (constant time)
-    -> required components -> content-digest vs body -> nonce claim
+    -> required components  (all before the body is read: check_headers)
+    -> content-digest vs body (check_body) -> nonce claim
 
 The low-level pieces (:func:`serialize_signature_params`, :func:`signature_base`,
 :func:`hmac_sha256`) follow RFC 9421 §2.3/§2.5 generically so they can be checked against
@@ -39,7 +40,12 @@ from typing import Any
 
 import msgspec
 
-from security.digest import DigestError, content_digest, verify_content_digest
+from security.digest import (
+    DigestError,
+    UnsupportedDigest,
+    content_digest,
+    verify_content_digest,
+)
 from security.nonces import NonceStore
 
 __all__ = [
@@ -81,6 +87,8 @@ class Reason(StrEnum):
     FUTURE_SIGNATURE = "future_signature"
     MISSING_COMPONENT = "missing_component"
     DIGEST_MISMATCH = "digest_mismatch"
+    UNSUPPORTED_DIGEST = "unsupported_digest"
+    PREDATES_NONCE_STORE = "predates_nonce_store"
     REPLAYED_NONCE = "replayed_nonce"
     HEADER_TOO_LARGE = "header_too_large"
 
@@ -451,12 +459,29 @@ class SignatureVerifier:
         result = self.check(request, now=now)
         if isinstance(result, Rejection):
             return result
-        if not await self._nonces.claim(result.key_id, result.nonce, result.created, now):
-            return Rejection(Reason.REPLAYED_NONCE, 401, result.agent, result.key_id)
-        return result
+        return await self.claim(result, now)
+
+    async def claim(self, verified: Verified, now: float | None = None) -> Verified | Rejection:
+        """The last step: claim the nonce of a request that passed every other check."""
+        now = self._clock() if now is None else now
+        if not await self._nonces.claim(verified.key_id, verified.nonce, verified.created, now):
+            return Rejection(Reason.REPLAYED_NONCE, 401, verified.agent, verified.key_id)
+        return verified
 
     def check(self, request: RequestView, *, now: float | None = None) -> Verified | Rejection:
         """Every check except the nonce claim (see :meth:`verify`)."""
+        headed = self.check_headers(request, has_body=bool(request.body), now=now)
+        if isinstance(headed, Rejection):
+            return headed
+        return self.check_body(headed, request)
+
+    def check_headers(
+        self, request: RequestView, *, has_body: bool, now: float | None = None
+    ) -> Verified | Rejection:
+        """Every check that needs no body: size, parse, key, skew, MAC and the covered
+        components. The MAC covers the ``content-digest`` header, not the body, so a server
+        can refuse a forged request before reading (and waiting for) its body; the body is
+        then bound by :meth:`check_body`. ``request.body`` is not looked at."""
         headers = request.headers
         sig_input = _field(headers, "signature-input")
         sig_value = _field(headers, "signature")
@@ -491,6 +516,11 @@ class SignatureVerifier:
             return Rejection(Reason.STALE_SIGNATURE, 401, agent, key_id)
         if parsed.created > now + self.skew:
             return Rejection(Reason.FUTURE_SIGNATURE, 401, agent, key_id)
+        if parsed.created < int(self._nonces.born_at):
+            # Signed before this nonce store existed: its nonce may have been used
+            # against a store that was lost, so it cannot be told from a replay. (Whole
+            # seconds: `created` has no fraction, and a restart takes longer than that.)
+            return Rejection(Reason.PREDATES_NONCE_STORE, 401, agent, key_id)
 
         values: list[tuple[str, str]] = []
         for name in parsed.components:
@@ -514,22 +544,31 @@ class SignatureVerifier:
             return Rejection(Reason.INVALID_SIGNATURE, 401, agent, key_id)
 
         covered = parsed.components
-        required = covered_components_for(request.query, bool(request.body), session is not None)
+        required = covered_components_for(request.query, has_body, session is not None)
         if digest is not None and "content-digest" not in required:
             # A digest header that is sent must also be signed, or it means nothing.
             required.append("content-digest")
         if any(name not in covered for name in required):
             return Rejection(Reason.MISSING_COMPONENT, 401, agent, key_id)
 
-        if digest is not None:
-            try:
-                ok = verify_content_digest(digest, request.body)
-            except DigestError:
-                ok = False
-            if not ok:
-                return Rejection(Reason.DIGEST_MISMATCH, 401, agent, key_id)
-
         return Verified(agent, key_id, parsed.nonce, parsed.created, resolved.state)
+
+    def check_body(self, headed: Verified, request: RequestView) -> Verified | Rejection:
+        """The body against the signed ``content-digest`` (after :meth:`check_headers`)."""
+        digest = _field(request.headers, "content-digest")
+        if digest is None:
+            if request.body:  # announced as bodiless when the headers were checked
+                return Rejection(Reason.MISSING_COMPONENT, 401, headed.agent, headed.key_id)
+            return headed
+        try:
+            ok = verify_content_digest(digest, request.body)
+        except UnsupportedDigest:
+            return Rejection(Reason.UNSUPPORTED_DIGEST, 401, headed.agent, headed.key_id)
+        except DigestError:
+            ok = False
+        if not ok:
+            return Rejection(Reason.DIGEST_MISMATCH, 401, headed.agent, headed.key_id)
+        return headed
 
     def _parse(self, sig_input: str, sig_value: str) -> _Parsed | Rejection:
         malformed = Rejection(Reason.MALFORMED_SIGNATURE)

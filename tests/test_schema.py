@@ -81,3 +81,53 @@ def test_invalid_content_lists_each_problem(content: dict, error: str) -> None:
     with pytest.raises(ContentError) as info:
         check_content(FORM, content)
     assert error in info.value.errors
+
+
+# -- keyword types (issue 16.5) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prop", "where"),
+    [
+        ({"type": "string", "minLength": "5"}, "minLength"),
+        ({"type": "string", "minLength": True}, "minLength"),
+        ({"type": "string", "maxLength": 1.5}, "maxLength"),
+        ({"type": "number", "minimum": "zero"}, "minimum"),
+        ({"type": "number", "maximum": float("nan")}, "maximum"),
+        ({"type": "integer", "minimum": 0.5}, "minimum"),
+        ({"type": "string", "enum": [["x"], {"y": 1}]}, "enum"),
+        ({"type": "string", "enum": "abc"}, "enum"),
+        ({"type": "string", "enum": ["a"], "enumNames": ["A", "B"]}, "enumNames"),
+        ({"type": "string", "oneOf": [{"const": 1}]}, "oneOf"),
+        ({"type": "array", "items": {"type": "string", "enum": [1]}}, "items.enum"),
+        ({"type": "array", "items": {"type": "string", "enum": ["a"]}, "minItems": -1}, "minItems"),
+        ({"type": "boolean", "default": "yes"}, "default"),
+        ({"type": "string", "description": 5}, "description"),
+        ({"type": ["string"]}, "type"),
+    ],
+)
+def test_keyword_types_are_checked(prop: dict, where: str) -> None:
+    with pytest.raises(SchemaError, match=where):
+        check_schema({"type": "object", "properties": {"x": prop}})
+
+
+def test_properties_are_capped() -> None:
+    props = {f"p{i}": {"type": "string"} for i in range(51)}
+    with pytest.raises(SchemaError, match="at most 50"):
+        check_schema({"type": "object", "properties": props})
+
+
+def test_well_typed_schemas_still_pass() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 10, "default": "x"},
+            "level": {"type": "integer", "minimum": 0, "maximum": 5},
+            "ok": {"type": "boolean", "default": False},
+            "pick": {"type": "string", "enum": ["a", "b"], "enumNames": ["A", "B"]},
+            "tags": {"type": "array", "items": {"type": "string", "enum": ["x", "y"]}},
+        },
+        "required": ["name"],
+    }
+    assert check_schema(schema) is schema
+    assert check_content(schema, {"name": "abc", "level": 3, "tags": ["x"]})

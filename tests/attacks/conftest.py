@@ -42,6 +42,7 @@ SIDE_EFFECT_TYPES = [
 ]
 
 _ids = itertools.count(1)
+INDIVIDUAL = "1000000"
 
 
 def start_bridge(
@@ -49,8 +50,13 @@ def start_bridge(
 ) -> BridgeProcess:
     """A running bridge with agents alice, bob (role expert, capability review), carol
     and *more_agents* (no role). Agents are registered through the admin API once the
-    bridge runs: one HTTP call each instead of one CLI process (about 1 s) each."""
-    bridge = BridgeProcess(workdir, extra_args=tuple(extra_args)).start()
+    bridge runs: one HTTP call each instead of one CLI process (about 1 s) each.
+
+    These modules assert the event of each refusal they provoke, so their bridge records
+    every refusal individually (`--refusal-burst` of `INDIVIDUAL`); the write budget that
+    aggregates repeated refusals (default 5 per source and reason per minute) is attacked
+    with its defaults in `test_log_flood.py`. *extra_args* come later and win."""
+    bridge = BridgeProcess(workdir, extra_args=("--refusal-burst", INDIVIDUAL, *extra_args)).start()
     specs = [("alice", [], []), ("bob", ["expert"], ["review"]), ("carol", [], [])]
     specs += [(name, [], []) for name in more_agents]
     for name, roles, capabilities in specs:
@@ -243,6 +249,17 @@ def custom_signature(
         "Signature-Input": f"{label}={signature_params}",
         "Signature": f"{label}=:{base64.b64encode(mac).decode()}:",
     }
+
+
+def metric(bridge: BridgeProcess, name: str, label: str = "") -> float:
+    """The sum of a Prometheus metric's samples whose line contains *label* (from loopback,
+    where `/metrics` is served without a token)."""
+    text = httpx2.get(bridge.url + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and label in line
+    )
 
 
 # -- reading the store ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -150,8 +151,10 @@ def test_cli_flags_show_and_set(tmp_path: Any, extra: tuple[str, ...]) -> None:
     b.add_agent("alice")
     b.start()
     try:
-        shown = lighthouse("flags", "show", cwd=tmp_path, env=b.env)
-        assert '"elicitation_enabled": false' in shown.stdout
+        shown = lighthouse("flags", "show", "--json", cwd=tmp_path, env=b.env)
+        assert json.loads(shown.stdout)["elicitation_enabled"] is False
+        table = lighthouse("flags", "show", cwd=tmp_path, env=b.env).stdout
+        assert table.splitlines()[1].split() == ["elicitation", "DISABLED"]
         lighthouse(
             "flags",
             "set",
@@ -167,7 +170,9 @@ def test_cli_flags_show_and_set(tmp_path: Any, extra: tuple[str, ...]) -> None:
         )
         state = b.health()["flags"]
         assert (state["elicitation_enabled"], state["rollout_percent"]) == (True, 25)
-        assert state["overrides"] == {"alice": False}
+        assert "overrides" not in state and "changed_by" not in state  # admin API only
+        status, full = b.admin("GET", "/feature_flags")
+        assert status == 200 and full["overrides"] == {"alice": False}
         bad = lighthouse("flags", "set", "--rollout", "250", cwd=tmp_path, env=b.env, check=False)
         assert bad.returncode != 0 and "rollout_percent" in bad.stderr
         assert "Traceback" not in bad.stderr

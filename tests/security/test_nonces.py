@@ -2,6 +2,7 @@
 
 import asyncio
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,30 @@ class TestSQLiteNonceStore(NonceStoreSuite):
         await store.claim("k", "b", T0 + 61, T0 + 61)  # purge due: only "b" is live
         assert len(store) == 1
         await store.close()
+
+
+def test_a_new_store_is_born_now_and_keeps_its_birth(tmp_path: Path) -> None:
+    path = tmp_path / "n.db"
+    first = SQLiteNonceStore(path, window=300, clock=lambda: 1000.5)
+    assert (first.born_at, first.created_new) == (1000.5, True)
+    first._db.close()
+    again = SQLiteNonceStore(path, window=300, clock=lambda: 5000.0)
+    assert (again.born_at, again.created_new) == (1000.5, False)
+    again._db.close()
+
+
+def test_a_fresh_install_has_no_gap(tmp_path: Path) -> None:
+    store = SQLiteNonceStore(tmp_path / "n.db", window=300, fresh_install=True)
+    assert store.born_at == 0.0
+    store._db.close()
+
+
+def test_a_store_of_an_older_version_is_not_new(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE nonces (key BLOB PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID")
+    db.commit()
+    db.close()
+    store = SQLiteNonceStore(path, window=300, clock=lambda: 9999.0)
+    assert (store.born_at, store.created_new) == (0.0, False)
+    store._db.close()

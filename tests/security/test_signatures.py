@@ -485,6 +485,8 @@ def test_public_names_only():
         "future_signature",
         "missing_component",
         "digest_mismatch",
+        "unsupported_digest",
+        "predates_nonce_store",
         "replayed_nonce",
         "header_too_large",
     }
