@@ -686,6 +686,11 @@ def main(argv: list[str] | None = None) -> int:
         "100000",
         "--guard-p99-ms",
         str(args.guard_p99_ms),
+        # Every simulated agent connects from 127.0.0.1: the per-address connection cap
+        # (default 256, a defence against one host exhausting descriptors) would reset
+        # them. A real deployment has one address per host, or a proxy that is exempt.
+        "--max-connections-per-address",
+        "1000000",
     )
     bridge = BridgeProcess(workdir, extra_args=serve_args)
     bare_proc: subprocess.Popen[Any] | None = None

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -37,7 +38,6 @@ from security import (
 )
 
 from .agents import AgentService, RegistryProjection
-from .asgi import CLIENT_GONE, ASGIHandler, asgi_handler, run_in_cleanup_ctx
 from .auth import AGENT, admin_auth, agent_auth, flush_refusals, host_guard, refusal_flusher
 from .backends import agent_rate_limiter, open_nonces, open_store, store_label
 from .config import Settings
@@ -48,12 +48,13 @@ from .flags import Flags
 from .guard import Guard
 from .log import Log
 from .mailbox import Mailboxes
-from .mcp_host import McpHost, scope_for
+from .mcp import McpEndpoint, SessionTable, StateSealer
 from .metrics import Metrics
 from .observability import EventLogger
 from .refusals import RefusalLedger
 from .routing import Limits, Requests, Router
 from .sessions import Presence
+from .tools import AgentTools
 
 log = logging.getLogger("lighthouse")
 
@@ -86,23 +87,36 @@ class Bridge:
     admin: AdminAuth
     origin: OriginPolicy
     refusals: RefusalLedger
-    host: McpHost | None = None
-    mcp_handler: ASGIHandler | None = None
+    endpoint: McpEndpoint | None = None
     guard: Guard | None = None
 
     async def close(self) -> None:
-        await self.log.stop_following()
-        await self.router.close()
-        await self.nonces.close()
-        await self.agent_limiter.close()
-        self.vault.close()
-        await self.store.close()
+        """Close everything, each step whatever the previous one raised: the store (and
+        its writer lock) must be released even when a stop goes wrong."""
+        try:
+            await self.log.stop_following()
+            await self.router.close()
+        finally:
+            try:
+                await self.nonces.close()
+                await self.agent_limiter.close()
+                self.vault.close()
+            finally:
+                await self.store.close()
 
 
 def _load_or_create_key(path: Path, *, fresh: bool) -> bytes:
     if path.exists():
         raw = path.read_bytes().strip()
-        return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+        try:
+            key = base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
+        except ValueError:
+            key = b""
+        if len(key) != 32:  # never use a damaged key, never silently replace it
+            raise RuntimeError(
+                f"key file {path} is damaged (not 32 bytes of base64url); restore it from backup"
+            )
+        return key
     if not fresh:
         raise RuntimeError(f"key file {path} is missing for an existing store; restore it")
     key = os.urandom(32)
@@ -125,6 +139,7 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
     registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
     requests, presence, metrics = Requests(), Presence(), Metrics()
     store.commit_observer = metrics.observe_commit
+    store.state.observer = metrics.observe_store_failure
     event_logger = EventLogger()
     event_log = Log(store, [RegistryProjection(registry), flags, requests, mailboxes, event_logger])
     replayed = await event_log.replay()
@@ -254,95 +269,85 @@ def create_app(settings: Settings) -> web.Application:
 
     for add_routes in _extensions("add_routes"):
         add_routes(app, bridge_of)
-    app.on_shutdown.append(_on_shutdown)
     return app
 
 
 def _bridge_ctx(settings: Settings) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         bridge = await open_bridge(settings)
-        request_state_key = _load_or_create_key(settings.keys / "request_state.key", fresh=True)
-        bridge.host = McpHost(
-            bridge.log,
-            bridge.router,
-            bridge.mailboxes,
-            bridge.presence,
-            bridge.metrics,
-            request_state_key=request_state_key,
-            max_wait_s=settings.max_wait_s,
-            max_sessions=settings.max_sessions,
-        )
-        bridge.mcp_handler = asgi_handler(
-            _watch_sessions(bridge.host.session_manager.handle_request, bridge),
-            scope_extras=lambda request: scope_for(request[AGENT]),
-        )
-        app[BRIDGE] = bridge
-        flusher = asyncio.create_task(refusal_flusher(bridge), name="refusal-flusher")
-        moved = await bridge.router.adopt_open_requests()
-        if moved:
-            log.info("moved %d elicitations of the previous run to the legacy path", moved)
-        bridge.router.spawn(
-            bridge.mailboxes.expire_forever(bridge.log, settings.message_retention_s)
-        )
-        async for _ in run_in_cleanup_ctx(bridge.host.session_manager.run)(app):
-            try:
-                yield
-            finally:
-                await bridge.router.close()
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
-        await flush_refusals(bridge, final=True)
-        await bridge.close()
+        flusher: asyncio.Task[None] | None = None
+        endpoint: McpEndpoint | None = None
+        try:  # any step below that fails (or a SIGTERM meanwhile) still closes the bridge
+            request_state_key = _load_or_create_key(settings.keys / "request_state.key", fresh=True)
+            tools = AgentTools(
+                bridge.log,
+                bridge.router,
+                bridge.mailboxes,
+                bridge.presence,
+                bridge.metrics,
+                max_wait_s=settings.max_wait_s,
+            )
+            endpoint = bridge.endpoint = McpEndpoint(
+                tools,
+                tools,
+                SessionTable(
+                    per_agent=settings.max_sessions_per_agent,
+                    total=settings.max_sessions,
+                    idle_timeout_s=settings.session_idle_timeout_s,
+                    # a session that never sent `initialized` is given a minute at most
+                    init_timeout_s=min(60.0, settings.session_idle_timeout_s),
+                ),
+                StateSealer(request_state_key, ttl_s=settings.request_state_ttl_s),
+                server_name="lighthouse",
+                server_version=package_version(),
+                instructions="Coordination bridge: ask other agents questions, answer theirs.",
+            )
+            app[BRIDGE] = bridge
+            flusher = asyncio.create_task(refusal_flusher(bridge), name="refusal-flusher")
+            moved = await bridge.router.adopt_open_requests()
+            if moved:
+                log.info("moved %d elicitations of the previous run to the legacy path", moved)
+            bridge.router.spawn(
+                bridge.mailboxes.expire_forever(bridge.log, settings.message_retention_s)
+            )
+            endpoint.start()
+            yield
+        finally:
+            if endpoint is not None:
+                await endpoint.close()
+            await bridge.router.close()
+            if flusher is not None and not flusher.done():
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
+            if flusher is not None:
+                await flush_refusals(bridge, final=True)
+            await bridge.close()
 
     return ctx
 
 
-def _watch_sessions(inner: Any, bridge: Bridge) -> Any:
-    """ASGI layer: bind new session ids to their agent and count open GET streams."""
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        # The first value, as aiohttp and the SDK (Starlette) read it.
-        raw_sid = next((v for k, v in scope["headers"] if k == b"mcp-session-id"), b"")
-        sid = raw_sid.decode() or None
-        agent = scope.get("lighthouse.agent")
-
-        async def watch_send(message: Any) -> None:
-            if message["type"] == "http.response.start" and sid is None and agent:
-                new = dict(message.get("headers", [])).get(b"mcp-session-id")
-                if new and message["status"] < 400:
-                    bridge.presence.claim(new.decode(), agent)
-            await send(message)
-
-        streaming = scope["method"] == "GET" and sid is not None
-        ending = bridge.presence.get(sid) if scope["method"] == "DELETE" else None
-        if ending is not None:
-            ending.ending = True
-        if streaming:
-            bridge.presence.stream_opened(sid)
-        try:
-            await inner(scope, receive, watch_send)
-        finally:
-            if streaming:
-                bridge.presence.stream_closed(sid)
-                if scope["extensions"][CLIENT_GONE].is_set():
-                    await bridge.router.stream_lost(sid)
-
-    return app
-
-
 async def _mcp(request: web.Request) -> web.StreamResponse:
     bridge = request.app[BRIDGE]
-    assert bridge.mcp_handler is not None
-    return await bridge.mcp_handler.handle(request)
+    assert bridge.endpoint is not None
+    return await bridge.endpoint.handle(request, request[AGENT])
 
 
 async def _health(request: web.Request) -> web.Response:
+    """`status` is `degraded` (with the store's cause) while the store fails, `draining`
+    during a stop, else `ok`; still 200, so a load balancer keeps it while it recovers."""
     bridge = request.app[BRIDGE]
     head = await bridge.store.head()
+    store_health = bridge.store.health()
+    status = "ok"
+    if store_health["status"] != "ok":
+        status = "degraded"
+    if bridge.router.draining:
+        status = "draining"
     return web.json_response(
         {
-            "status": "draining" if bridge.router.draining else "ok",
+            "status": status,
+            "reason": store_health["reason"],
             "version": package_version(),
             # Overrides and who changed what are behind the admin API (`/feature_flags`).
             "flags": bridge.flags.public(),
@@ -350,6 +355,7 @@ async def _health(request: web.Request) -> web.Response:
                 "position": head.position,
                 "head_hash": head.hash,
                 "store_id": bridge.store.store_id,
+                **store_health,
             },
             "sessions": bridge.presence.counts(),
             "open_requests": len(bridge.requests.open),
@@ -362,23 +368,13 @@ async def _metrics(request: web.Request) -> web.Response:
     state = bridge.flags.state
     bridge.metrics.elicitation_enabled.set(1 if state.elicitation_enabled else 0)
     bridge.metrics.rollout_percent.set(state.rollout_percent)
+    bridge.metrics.store_degraded.set(1 if bridge.store.state.degraded else 0)
+    wal = getattr(bridge.store, "wal", None)  # SQLite only
+    if wal is not None:
+        bridge.metrics.store_wal_frames.set(wal.wal_frames)
     return web.Response(
         body=bridge.metrics.render(), headers={"Content-Type": bridge.metrics.content_type}
     )
-
-
-async def _on_shutdown(app: web.Application) -> None:
-    """Stop routing to elicitation, let asks in flight finish (up to the grace period),
-    then end the streams still open; the store is flushed by the cleanup context."""
-    bridge = app.get(BRIDGE)
-    if bridge is None or bridge.mcp_handler is None:
-        return
-    bridge.router.draining = True
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bridge.settings.shutdown_grace_s / 2
-    while bridge.router.waiting_callers() and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    await bridge.mcp_handler.on_shutdown(app)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -391,34 +387,37 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; then stop accepting, finish in-flight calls, flush.
+_CLOSE_TIMEOUT_S = 0.25
+_CLOSE_RESERVE_S = 1.5  # 2 x the close timeout, the store's final checkpoint, process exit
 
-    `web.run_app`, spelled out, for one reason: the per-address connection cap needs the
-    runner's server before the listening socket opens (`connections.limit_connections`).
-    """
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then stop as a drain (`stop_gracefully`)."""
     loop = _new_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve(settings))
     try:
-        loop.run_until_complete(main)
-    except (web.GracefulExit, KeyboardInterrupt):
+        loop.run_until_complete(_serve(settings))
+    except KeyboardInterrupt:
         pass
     finally:
-        main.cancel()
-        with contextlib.suppress(asyncio.CancelledError, web.GracefulExit):
-            loop.run_until_complete(main)
         _cancel_all(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 
 async def _serve(settings: Settings) -> None:
+    """aiohttp's `run_app` closes the listener and idle keep-alive connections before its
+    shutdown hooks run, so no answer could reach a stopping bridge. We hold the signal
+    ourselves: the bridge drains while it still serves, and only then closes. (Spelled
+    out also because the per-address connection cap needs the runner's server before the
+    listening socket opens: `connections.limit_connections`.)"""
     runner = web.AppRunner(
         create_app(settings),
-        handle_signals=True,
+        handle_signals=False,
         access_log=None,
-        shutdown_timeout=settings.shutdown_grace_s,
+        # What is left after the drain (callers still waiting, woken long polls) gets a
+        # short shutdown timeout; aiohttp spends it twice (requests, then connections).
+        shutdown_timeout=_CLOSE_TIMEOUT_S,
         # aiohttp closes a connection whose next request (the first one included) has not
         # fully arrived within this: the header deadline (and the keep-alive idle time).
         keepalive_timeout=settings.header_timeout_s,
@@ -428,13 +427,13 @@ async def _serve(settings: Settings) -> None:
     )
     await runner.setup()
     try:
-        metrics = runner.app[BRIDGE].metrics
+        bridge = runner.app[BRIDGE]
         assert runner.server is not None
         limit_connections(
             runner.server,
             settings.max_connections_per_address,
             exempt=settings.trusted_proxies,
-            on_refused=lambda _: metrics.connections_refused.inc(),
+            on_refused=lambda _: bridge.metrics.connections_refused.inc(),
         )
         # aiohttp's default accept queue (128) overflowed with 1,000 agents connecting at
         # once (kernel ListenOverflows), and dropped handshakes surfaced as reset POSTs
@@ -447,11 +446,50 @@ async def _serve(settings: Settings) -> None:
             f"(store {store_label(settings)})",
             flush=True,
         )
-        while True:
-            await asyncio.sleep(3600)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await stop_gracefully(bridge, settings.shutdown_grace_s)
     finally:
         remove_discovery(settings.port)
         await runner.cleanup()
+
+
+async def stop_gracefully(bridge: Bridge, grace_s: float) -> dict[str, int]:
+    """A stop is a drain. New asks and sessions are refused (retryable), answers keep
+    arriving; in-flight elicitations get half the grace, then move to the mailbox; asks
+    whose callers still wait get the rest of it. Leaves `_CLOSE_RESERVE_S` for closing, so the
+    process exits within the grace (Kubernetes kills at its end)."""
+    from .admin import run_drain
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, grace_s - _CLOSE_RESERVE_S)
+    router = bridge.router
+    router.stopping = True
+    assert bridge.endpoint is not None
+    bridge.endpoint.closing = True
+    waiting = router.waiting_callers()
+    drained = await run_drain(bridge, max(0.0, (deadline - loop.time()) / 2), "shutdown")
+    while router.waiting_callers() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    report = {
+        "asks_waiting_at_stop": waiting,
+        "elicitations_finished": drained["finished"],
+        "moved_to_mailbox": drained["moved_to_legacy"],
+        "asks_still_waiting": router.waiting_callers(),
+        "requests_left_open": len(bridge.requests.open),
+    }
+    log.warning(
+        "stopped after drain: %(elicitations_finished)d elicitations finished, "
+        "%(moved_to_mailbox)d moved to the mailbox, %(asks_still_waiting)d asks still "
+        "waiting (their callers can re-attach), %(requests_left_open)d requests left open",
+        report,
+    )
+    bridge.endpoint.end_streams()
+    bridge.mailboxes.wake_all()
+    return report
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:

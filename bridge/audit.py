@@ -642,18 +642,19 @@ def _fetch_text(path: str, db: Path) -> str:
     import urllib.error
     import urllib.request
 
-    from .cli import _admin_token
+    from .cli import _admin_token, _token_hint
     from .config import env_url
 
     request = urllib.request.Request(env_url() + path)
     token = _admin_token(db)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    if token.value:
+        request.add_header("Authorization", f"Bearer {token.value}")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.read().decode()
     except urllib.error.HTTPError as exc:
-        raise AuditError(f"GET {path} failed with HTTP {exc.code}") from None
+        hint = f"; {_token_hint(token)}" if exc.code == 401 else ""
+        raise AuditError(f"GET {path} failed with HTTP {exc.code}{hint}") from None
 
 
 @_guarded
@@ -662,11 +663,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     query = replace(query_from_args(args), limit=None)
     out = Path(args.out)
+    previous = Path(args.previous).read_text() if args.previous else None
 
     async def run() -> Any:
         source = await open_source(args)
         try:
-            return await write_export(source, query, out, progress_printer("exporting"))
+            return await write_export(
+                source,
+                query,
+                out,
+                progress_printer("exporting"),
+                contiguous=args.contiguous,
+                previous=previous,
+            )
         finally:
             await source.close()
 
@@ -686,7 +695,8 @@ def cmd_verify_export(args: argparse.Namespace) -> int:
         raise AuditError(f"no export file at {export}", EXIT_USAGE)
     if not key.is_file():
         raise AuditError(f"no public key file at {key}", EXIT_USAGE)
-    report = verify_export(export, key.read_bytes(), progress_printer("verifying"))
+    previous = Path(args.previous).read_text() if args.previous else None
+    report = verify_export(export, key.read_bytes(), progress_printer("verifying"), previous)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(
@@ -720,13 +730,24 @@ def add_commands(sub: Any) -> None:
     export = asub.add_parser("export", help="write a verifiable JSONL export")
     _add_filters(export, limit=False)
     export.add_argument("--out", required=True, metavar="FILE")
+    export.add_argument(
+        "--contiguous",
+        action="store_true",
+        help="filtered: every record in the range (proves completeness, reveals the others)",
+    )
+    export.add_argument("--previous", metavar="CHECKPOINT", help="prove it extends this one")
     export.set_defaults(func=cmd_export)
 
     verify = asub.add_parser("verify-export", help="verify an export offline")
     verify.add_argument("file")
     verify.add_argument("--public-key", required=True, metavar="PEM")
+    verify.add_argument("--previous", metavar="CHECKPOINT", help="a checkpoint seen before")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_verify_export)
+
+    from .tlog import add_audit_commands
+
+    add_audit_commands(asub)
 
     pubkey = asub.add_parser("pubkey", help="print the checkpoint public key (PEM)")
     pubkey.add_argument("--db")

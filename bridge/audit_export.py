@@ -16,6 +16,13 @@ record in between. So an export is always a *contiguous* run of complete records
   matching record by flagging it false. (Hiding non-matching content would need a chain
   over per-record leaf hashes, which the store does not have.)
 
+Filtered exports are, by default, *inclusion* exports instead (format version 2): only
+the matching records, each with its RFC 9162 inclusion proof in the store's signed C2SP
+checkpoint, so nothing else is revealed. They prove every record shown is in the log
+unaltered; they cannot prove no other record matches (that needs the contiguous form,
+`--contiguous`). Both forms carry the C2SP checkpoint, and with `--previous CHECKPOINT`
+a consistency proof that it extends a checkpoint the recipient saw before.
+
 The first line is a header (format, store id, filters, range, `anchor_digest` = digest of
 `first - 1`, the signed checkpoints); then one line per record with its hashes and
 `prev_digest`; then an `end` line. Only the checkpoints are authenticated: the header
@@ -34,13 +41,15 @@ from typing import Any
 
 import msgspec
 
-from events import Checkpoint, Record
+from events import Checkpoint, Record, merkle
 from events.chain import checkpoint_signature_ok, load_public_key, public_link
 from events.model import GENESIS_HASH, record_bytes
+from events.tlog import leaf_of
 
 from .audit import EXIT_USAGE, AuditError, AuditQuery, EventSource, iso, iterate, record_json
+from .tlog import VerifyFailure, b64, check_consistency, consistency_section, prover_for, unb64
 
-FORMAT, VERSION = "lighthouse-audit-export", 1
+FORMAT, VERSION, INCLUSION_VERSION = "lighthouse-audit-export", 1, 2
 MAX_PROBLEMS = 100
 _PROGRESS_EVERY = 1000
 Progress = Callable[[int, int], None] | None
@@ -57,8 +66,15 @@ class ExportSummary:
     records: int
     matched: int
     covered_to: int
+    inclusion: bool = False
 
     def describe(self) -> str:
+        if self.inclusion:
+            return (
+                f"exported {self.records} matching records (positions {self.first}.."
+                f"{self.last}) with inclusion proofs in the signed checkpoint at "
+                f"{self.covered_to} to {self.out}; no other record is in the file"
+            )
         tail = self.last - self.covered_to
         covered = (
             f"signed checkpoint covers up to {self.covered_to}"
@@ -100,10 +116,94 @@ async def _anchor(source: EventSource, first: int) -> str:
     return page.events[0].digest
 
 
+async def _refuse_edited(source: EventSource, first: int, last: int, anchor: str) -> None:
+    """Hash what is stored, not what it decodes to: an export re-encodes each record, so a
+    byte edit that decodes the same would otherwise verify. Reading a store file, check the
+    stored bytes first and refuse to export an edited record."""
+    store = getattr(source, "store", None)
+    if store is None:  # a running bridge's API hands out decoded records only
+        return
+    from events.verify import stored_bytes_problems
+
+    problems = await stored_bytes_problems(store, first, last, anchor)
+    if problems:
+        p = problems[0]
+        raise AuditError(
+            f"not exporting: {p.detail} (stored bytes edited); run `lighthouse verify`"
+        )
+
+
+async def _tlog_section(
+    source: EventSource, previous: str | None, required: bool
+) -> dict[str, Any] | None:
+    """The latest C2SP checkpoint (and a consistency proof from `previous`), if the store
+    has one; an inclusion export or a `--previous` cannot do without."""
+    prover = prover_for(source)
+    try:
+        cp = await prover.checkpoint()
+    except AuditError:
+        if required or previous is not None:
+            raise
+        return None
+    section: dict[str, Any] = {"size": cp.size, "checkpoint": cp.note}
+    if previous is not None:
+        section["consistency"] = await consistency_section(previous, cp, prover)
+    return section
+
+
+async def write_inclusion_export(
+    source: EventSource,
+    query: AuditQuery,
+    out: Path,
+    progress: Progress = None,
+    previous: str | None = None,
+) -> ExportSummary:
+    """Only the matching records, each with its inclusion proof in the signed checkpoint."""
+    tlog = await _tlog_section(source, previous, required=True)
+    assert tlog is not None
+    size, prover = tlog["size"], prover_for(source)
+    bounded = replace(query, to_position=min(query.to_position or size, size))
+    header = {
+        "format": FORMAT,
+        "version": INCLUSION_VERSION,
+        "exported_at": time.time(),
+        "selector": query.selector(),
+        "positions": [query.from_position, query.to_position],
+        "tlog": tlog,
+    }
+    tmp = out.with_name(out.name + ".partial")
+    count, first, last = 0, 0, 0
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(json.dumps(header, separators=(",", ":")) + "\n")
+        async for record in iterate(source, bounded):
+            proof = await prover.inclusion(record.position - 1, size)
+            line = {**record_json(record), "proof": [b64(h) for h in proof]}
+            fh.write(json.dumps(line, separators=(",", ":")) + "\n")
+            count, last = count + 1, record.position
+            first = first or record.position
+            if progress is not None and count % _PROGRESS_EVERY == 0:
+                progress(count, count)
+        fh.write(json.dumps({"end": True, "records": count, "matched": count}) + "\n")
+    if not count:
+        tmp.unlink()
+        raise AuditError("no events match the filters up to the signed checkpoint")
+    os.replace(tmp, out)
+    return ExportSummary(out, first, last, count, count, size, inclusion=True)
+
+
 async def write_export(
-    source: EventSource, query: AuditQuery, out: Path, progress: Progress = None
+    source: EventSource,
+    query: AuditQuery,
+    out: Path,
+    progress: Progress = None,
+    *,
+    contiguous: bool = False,
+    previous: str | None = None,
 ) -> ExportSummary:
     """Write the export atomically (temp file, then rename): a partial file never appears."""
+    if query.filtered and not contiguous:
+        return await write_inclusion_export(source, query, out, progress, previous)
+    tlog = await _tlog_section(source, previous, required=False)
     head = await source.head()
     checkpoints = await source.checkpoints()
     first, last = await _span(source, query, head)
@@ -122,6 +222,9 @@ async def write_export(
         "anchor_digest": await _anchor(source, first),
         "checkpoints": [msgspec.to_builtins(cp) for cp in included],
     }
+    if tlog is not None:
+        header["tlog"] = tlog
+    await _refuse_edited(source, first, last, header["anchor_digest"])
     tmp = out.with_name(out.name + ".partial")
     count = matched = 0
     prev = header["anchor_digest"]
@@ -164,6 +267,9 @@ class ExportReport:
     covered_to: int = 0
     checkpoint_time: float | None = None
     problems: list[ExportProblem] = field(default_factory=list)
+    inclusion: bool = False
+    extends: int | None = None
+    tree_root: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -189,6 +295,9 @@ class ExportReport:
             "covered_to": self.covered_to,
             "checkpoint_time": self.checkpoint_time,
             "not_covered": self.uncovered,
+            "mode": "inclusion" if self.inclusion else "contiguous",
+            "extends": self.extends,
+            "tree_root": self.tree_root,
             "problems": [msgspec.to_builtins(p) for p in self.problems],
         }
 
@@ -198,6 +307,19 @@ class ExportReport:
             lines = [f"FAILED at position {first.position}: {first.kind}: {first.detail}"]
             lines += [f"  also at {p.position}: {p.kind}: {p.detail}" for p in self.problems[1:10]]
             return "\n".join(lines)
+        extends = (
+            f"; the checkpoint extends the one seen before at size {self.extends}"
+            if self.extends is not None
+            else ""
+        )
+        if self.inclusion:
+            return (
+                f"OK: {self.records} records of log {self.store_id} are in its signed "
+                f"checkpoint at size {self.covered_to} unaltered, and each matches the filters "
+                f"{json.dumps(self.selector, separators=(',', ':'))}{extends}. The export "
+                "reveals no other record; it does not prove that no other record matches "
+                "(use a --contiguous export for that)"
+            )
         when = iso(self.checkpoint_time) if self.checkpoint_time else "?"
         text = (
             f"OK: {self.records} records (positions {self.first}..{self.last}) of store "
@@ -206,6 +328,7 @@ class ExportReport:
             f"{json.dumps(self.selector, separators=(',', ':'))}, and no other record in "
             f"{self.first}..{self.last} does"
         )
+        text += extends
         if self.uncovered:
             text += (
                 f"\nWARNING: {self.uncovered} records after position {self.covered_to} are "
@@ -228,7 +351,7 @@ def _header(lines: list[bytes], path: Path) -> dict[str, Any]:
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise AuditError(f"{path} is not a Lighthouse audit export", EXIT_USAGE)
-    if header.get("version") != VERSION:
+    if header.get("version") not in (VERSION, INCLUSION_VERSION):
         raise AuditError(f"{path}: export version {header.get('version')} is not supported")
     return header
 
@@ -257,7 +380,7 @@ class _Walk:
 
 
 def _parse_records(
-    lines: list[bytes], report: ExportReport
+    lines: list[bytes], report: ExportReport, extra_keys: tuple[str, ...] = ("prev_digest", "match")
 ) -> tuple[list[tuple[Record, dict]], bool]:
     """Record lines, in file order; whether the `end` line is present and last."""
     records: list[tuple[Record, dict]] = []
@@ -270,9 +393,7 @@ def _parse_records(
             if obj.get("end") is True:
                 ended = True
                 continue
-            record = msgspec.convert(
-                {k: v for k, v in obj.items() if k not in ("prev_digest", "match")}, Record
-            )
+            record = msgspec.convert({k: v for k, v in obj.items() if k not in extra_keys}, Record)
         except (ValueError, AttributeError, msgspec.ValidationError) as exc:
             report.add(0, "malformed", f"line {number} is not a record: {exc}")
             continue
@@ -336,11 +457,103 @@ def _check_checkpoints(
             report.covered_to, report.checkpoint_time = cp.size, cp.time
 
 
-def verify_export(path: Path, public_key_pem: bytes, progress: Progress = None) -> ExportReport:
+def _check_tlog(
+    header: dict[str, Any],
+    public_key_pem: bytes,
+    previous: str | None,
+    report: ExportReport,
+    records: list[tuple[Record, dict]],
+) -> Any:
+    """The header's C2SP checkpoint: signed by the key, extending `previous` if given, and —
+    for an export from position 1 that reaches it — the root of the exported records."""
+    from .tlog import _open
+
+    tlog = header.get("tlog")
+    if not isinstance(tlog, dict):
+        if previous is not None:
+            report.add(0, "no_consistency_proof", "the export carries no signed tree checkpoint")
+        return None
+    try:
+        _, head = _open(str(tlog.get("checkpoint")), public_key_pem, None)
+        report.tree_root = b64(head.root)
+        if previous is not None:
+            section = tlog.get("consistency")
+            if not isinstance(section, dict) or str(section.get("previous", "")).strip() != (
+                previous.strip()
+            ):
+                raise VerifyFailure(
+                    "no_consistency_proof",
+                    "the export has no consistency proof from the checkpoint given "
+                    "(export it with --previous)",
+                )
+            report.extends = check_consistency(
+                previous, section.get("proof") or [], head, public_key_pem
+            )
+    except VerifyFailure as exc:
+        report.add(0, exc.kind, str(exc))
+        return None
+    positions = [r.position for r, _ in records]
+    covers = positions[: head.size] == list(range(1, head.size + 1))
+    if not report.inclusion and head.size <= len(positions) and covers:
+        tree = merkle.Frontier()
+        for r, _ in records[: head.size]:
+            tree.append(leaf_of(r))
+        if tree.root() != head.root:
+            report.add(
+                head.size, "checkpoint_mismatch", "the records do not hash to the signed root"
+            )
+    return head
+
+
+def _verify_inclusion_export(
+    lines: list[bytes],
+    header: dict[str, Any],
+    public_key_pem: bytes,
+    previous: str | None,
+) -> ExportReport:
+    query = AuditQuery.from_selector(header.get("selector") or {})
+    lo, hi = header.get("positions") or [1, None]
+    query = replace(query, from_position=lo or 1, to_position=hi)
+    report = ExportReport(selector=query.selector(), inclusion=True)
+    records, ended = _parse_records(lines, report, extra_keys=("proof",))
+    head = _check_tlog(header, public_key_pem, previous, report, records)
+    if head is None:
+        if not report.problems:
+            report.add(0, "not_covered", "the export has no signed checkpoint")
+        return report
+    report.store_id = head.origin
+    report.covered_to = head.size
+    last = 0
+    for record, extra in records:
+        p = record.position
+        if p <= last:
+            report.add(p, "reordered", f"record {p} is out of position order")
+        last = max(last, p)
+        if not query.matches(record):
+            report.add(p, "match_flag", f"record {p} does not match the export's filters")
+        try:
+            proof = [unb64(h, "a proof hash") for h in extra.get("proof") or []]
+            merkle.verify_inclusion(leaf_of(record), p - 1, head.size, proof, head.root)
+        except (VerifyFailure, merkle.ProofError) as exc:
+            report.add(p, "edited", f"record {p} is not in the signed log unaltered: {exc}")
+    report.records = report.matched = len(records)
+    report.first = min((r.position for r, _ in records), default=0)
+    report.last = last
+    if not ended:
+        report.add(last + 1, "truncated", "the export has no end line (file cut short)")
+    report.problems.sort(key=lambda p: p.position)
+    return report
+
+
+def verify_export(
+    path: Path, public_key_pem: bytes, progress: Progress = None, previous: str | None = None
+) -> ExportReport:
     """Check an export with the checkpoint public key only (no chain key, no database)."""
     key = _public_key(public_key_pem)
     lines = _read_lines(path)
     header = _header(lines, path)
+    if header.get("version") == INCLUSION_VERSION:
+        return _verify_inclusion_export(lines, header, public_key_pem, previous)
     try:
         checkpoints = msgspec.convert(header.get("checkpoints") or [], list[Checkpoint])
         query = AuditQuery.from_selector(header.get("selector") or {})
@@ -366,6 +579,8 @@ def verify_export(path: Path, public_key_pem: bytes, progress: Progress = None) 
     elif not ended:
         report.add(report.last + 1, "truncated", "the export has no end line (file cut short)")
     _check_checkpoints(checkpoints, key, walk, report)
+    if not any(p.kind == "checkpoint_forged" for p in report.problems):  # said once is enough
+        _check_tlog(header, public_key_pem, previous, report, records)
     if not report.covered_to and not any(p.kind.startswith("checkpoint") for p in report.problems):
         report.add(first, "not_covered", "no signed checkpoint covers any exported record")
     report.problems.sort(key=lambda p: p.position)

@@ -13,16 +13,18 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from events import NewEvent
+from events import NewEvent, StoreError
 from security import ConsoleSession, ConsoleSessions, Rejection, RequestView, bearer_token
 
 from .domain import ADMIN_AUTH_FAILED, AUTH_REJECTED, RATE_LIMITED, SECURITY_STREAM
+from .unavailable import as_store_error, unavailable, unavailable_response
 
 if TYPE_CHECKING:
     from .app import Bridge
@@ -207,7 +209,15 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.StreamRespon
     view = RequestView(head.method, head.path, head.query, head.headers, body)
     verdict: Any = bridge.verifier.check_body(headed, view)
     if not isinstance(verdict, Rejection):
-        verdict = await bridge.verifier.claim(verdict)
+        try:
+            verdict = await bridge.verifier.claim(verdict)
+        except Exception as exc:  # the nonce store failed: 503 with its reason, not a 500
+            error = as_store_error(exc, "nonce store")
+            if error is None:
+                raise
+            bridge.store.state.failed("nonce_store", error, hold_s=10.0)
+            return unavailable_response(error)
+        bridge.store.state.succeeded("nonce_store")
     if isinstance(verdict, Rejection):
         return await _reject_signature(bridge, verdict, base)
     agent = verdict.agent
@@ -325,7 +335,7 @@ def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
             if refused is not None:
                 return await refuse_admin(bridge, remote, request.path, refused, 403)
             request[OPERATOR] = f"console:{session.operator}"
-            return await handler(request)
+            return await _admin_handler(handler, request)
         result = bridge.admin.check(remote, request.headers.get("Authorization"))
         if not result.ok:
             return await refuse_admin(
@@ -336,9 +346,20 @@ def admin_auth(bridge_of: Callable[[web.Request], Bridge]) -> Any:
                 result.status,
                 result.retry_after,
             )
-        return await handler(request)
+        return await _admin_handler(handler, request)
 
     return middleware
+
+
+async def _admin_handler(handler: Handler, request: web.Request) -> web.StreamResponse:
+    """An admin route whose store (or the vault beside it) fails answers JSON 503."""
+    try:
+        return await handler(request)
+    except (StoreError, sqlite3.Error) as exc:
+        error = as_store_error(exc, "admin request")
+        if error is None or not unavailable(error):
+            raise
+        return unavailable_response(error, detail=True)
 
 
 async def refuse_admin(

@@ -53,6 +53,9 @@ async def open_nonces(settings: Settings, *, fresh_install: bool = False) -> Non
         from security.shared import PostgresNonceStore
 
         return await PostgresNonceStore.open(settings.database_url, window)
+    from events.sqlite import create_private
+
+    create_private(settings.nonce_db)  # 0600 whatever the umask, like the store itself
     return SQLiteNonceStore(settings.nonce_db, window=window, fresh_install=fresh_install)
 
 

@@ -10,13 +10,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, env_admin_token, env_database_url, env_redis_url, env_url
+from .config import (
+    Settings,
+    env_admin_token,
+    env_checkpoint_file,
+    env_database_url,
+    env_redis_url,
+    env_url,
+)
 from .display import printable, table
 from .observability import configure_logging
 
@@ -170,8 +178,23 @@ def _database_url(args: argparse.Namespace) -> str | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from events import StoreError
+
     from .app import serve
 
+    try:
+        _serve(args, serve)
+    except StoreError as exc:  # a damaged, read-only or locked store: say so and exit 1
+        raise CliError(f"cannot serve: {exc}") from None
+    except (CliError, OSError, ValueError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # any failed start or stop: the cause, a non-zero exit
+        logging.getLogger("lighthouse").debug("serve failed", exc_info=True)
+        raise CliError(f"serve failed: {type(exc).__name__}: {exc}") from None
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace, serve: Callable[[Settings], None]) -> None:
     serve(
         Settings(
             host=args.host,
@@ -190,6 +213,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ip_rate_per_s=args.ip_rate,
             ip_burst=args.ip_burst,
             max_sessions=args.max_sessions,
+            max_sessions_per_agent=args.max_sessions_per_agent,
+            session_idle_timeout_s=args.session_idle_timeout,
+            shutdown_grace_s=args.shutdown_grace,
             guard_error_rate=args.guard_error_rate,
             guard_p99_ms=args.guard_p99_ms,
             guard_min_samples=args.guard_min_samples,
@@ -206,9 +232,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             header_timeout_s=args.header_timeout,
             body_min_rate=args.body_min_rate,
             metrics_token=_metrics_token(args.metrics_token_file),
+            checkpoint_file=Path(args.checkpoint_file) if args.checkpoint_file else None,
         )
     )
-    return EXIT_OK
 
 
 def _metrics_token(path: str | None) -> str | None:
@@ -242,8 +268,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
-    from .agents import AgentError
-
     op, name = args.agents_command, getattr(args, "name", None)
     if _use_server(args):
         db = _db(args)
@@ -266,6 +290,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
             if op == "rotate-key":
                 return await agents.rotate(name, "cli")
             return await agents.revoke(name, "cli")
+
+        from .agents import AgentError
 
         try:
             result = _direct(_db(args), work)
@@ -411,10 +437,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         url=url,
         key_dir=Path(args.key_dir) if args.key_dir else None,
         readonly=True,
-        checkpoint_file=Path(args.checkpoint) if args.checkpoint else None,
+        checkpoint_file=Path(args.checkpoint) if args.checkpoint else env_checkpoint_file(),
     )
     pem = Path(args.public_key).read_bytes() if args.public_key else None
-    progress = _progress("verifying") if sys.stderr.isatty() else None
+    progress = _progress("verifying") if args.progress or sys.stderr.isatty() else None
 
     async def run() -> Any:
         store = await _open_readonly(config)
@@ -468,9 +494,25 @@ async def _open_readonly(config: Any) -> Any:
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
+    """A one-line progress display on stderr (redrawn at most 10 times a second)."""
+    import time
+
+    started = last = time.monotonic()
+
     def show(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < 0.1 and done < total:
+            return
+        last = now
         pct = 100 * done // total if total else 100
-        print(f"\r{label}: {done}/{total} ({pct}%)", end="", file=sys.stderr, flush=True)
+        rate = done / max(now - started, 1e-9)
+        print(
+            f"\r{label}: {done}/{total} ({pct}%, {rate:,.0f}/s)",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
 
     return show
 
@@ -536,6 +578,27 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         type=int,
         default=10_000,
         help="concurrent MCP sessions (2025 protocol) the bridge keeps",
+    )
+    s.add_argument(
+        "--max-sessions-per-agent",
+        type=int,
+        default=32,
+        help="concurrent MCP sessions one agent may hold (default 32)",
+    )
+    s.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGTERM, drain for up to S seconds, then exit (default 10; keep it below "
+        "the orchestrator's kill timeout)",
+    )
+    s.add_argument(
+        "--session-idle-timeout",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="end a session with no stream, call or request for S seconds (default 900)",
     )
     s.add_argument(
         "--guard-error-rate",
@@ -646,6 +709,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "LIGHTHOUSE_METRICS_TOKEN); without one, /metrics answers loopback clients only",
     )
     s.add_argument(
+        "--checkpoint-file",
+        metavar="PATH",
+        help="signed checkpoint file; keep it on another disk or host "
+        "(default: $LIGHTHOUSE_CHECKPOINT_FILE, else beside the store)",
+    )
+    s.add_argument(
         "--no-elicitation",
         action="store_true",
         help="start with elicitation off (until a flag change)",
@@ -698,9 +767,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     v = with_url(
         with_db(sub.add_parser("verify", help="check the hash chain and signed checkpoints"))
     )
-    v.add_argument("--checkpoint", help="checkpoint file (default: beside the store)")
+    v.add_argument(
+        "--checkpoint",
+        help="checkpoint file (default: $LIGHTHOUSE_CHECKPOINT_FILE, else beside the store)",
+    )
     v.add_argument("--public-key", help="checkpoint public key PEM (default: from the key dir)")
     v.add_argument("--json", action="store_true")
+    v.add_argument(
+        "--progress",
+        action="store_true",
+        help="show progress on stderr (default: only when stderr is a terminal)",
+    )
     v.set_defaults(func=cmd_verify)
     chosen = _command_in(sys.argv[1:] if argv is None else argv)
     for command, (module, help_text) in _EXTENSION_COMMANDS.items():
@@ -716,6 +793,7 @@ _EXTENSION_COMMANDS: dict[str, tuple[str, str]] = {
     "repair": ("bridge.repair", "verify, rebuild state from the log, resolve requests left open"),
     "audit": ("bridge.audit", "query, export and verify the event log"),
     "mcp": ("bridge.gateway", "stdio MCP gateway for hosts that cannot sign requests"),
+    "witness": ("bridge.witness", "cosign a log's checkpoints only while they stay consistent"),
 }
 
 
@@ -732,9 +810,9 @@ def _command_in(argv: list[str]) -> str | None:
 
 def _extensions(attribute: str) -> list[Callable[..., Any]]:
     """Subsystems that bring their own commands (`add_commands`) or routes (`add_routes`)."""
-    from . import audit, gateway, repair
+    from . import audit, gateway, repair, tlog
 
-    return [getattr(m, attribute) for m in (repair, audit, gateway) if hasattr(m, attribute)]
+    return [getattr(m, attribute) for m in (repair, audit, gateway, tlog) if hasattr(m, attribute)]
 
 
 def main(argv: list[str] | None = None) -> int:

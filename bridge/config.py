@@ -44,6 +44,9 @@ class Settings:
     key_grace_s: float = 3600.0
     max_body_bytes: int = 1 << 20
     max_sessions: int = 10_000
+    max_sessions_per_agent: int = 32
+    session_idle_timeout_s: float = 900.0
+    request_state_ttl_s: float = 900.0
     trusted_proxies: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     # refusals written to the log: `burst` individually per source and reason per window
@@ -98,12 +101,19 @@ class Settings:
             path=self.db,
             url=self.database_url,
             key_dir=self.key_dir,
-            checkpoint_file=self.checkpoint_file,
+            checkpoint_file=self.checkpoint_file or env_checkpoint_file(),
             synchronous=self.synchronous,
             checkpoint_every=self.checkpoint_every,
             checkpoint_interval=self.checkpoint_interval,
             readonly=readonly,
         )
+
+
+def env_checkpoint_file() -> Path | None:
+    """`LIGHTHOUSE_CHECKPOINT_FILE`: where every command finds the signed checkpoint file
+    when it is kept away from the database (another disk or host), as it should be."""
+    value = os.environ.get("LIGHTHOUSE_CHECKPOINT_FILE")
+    return Path(value) if value else None
 
 
 def env_admin_token() -> str | None:

@@ -266,3 +266,8 @@ class Mailboxes:
 
     def wake(self, agent: str) -> None:
         self.box(agent).wake()
+
+    def wake_all(self) -> None:
+        """Every pending long poll looks again (the bridge is stopping)."""
+        for box in self._boxes.values():
+            box.wake()

@@ -45,6 +45,12 @@ class Metrics:
             ["tool", "outcome"],
             registry=r,
         )
+        self.mcp_errors = Counter(
+            "lighthouse_mcp_errors",
+            "MCP protocol errors answered, by JSON-RPC code",
+            ["code"],
+            registry=r,
+        )
         self.asks = Counter(
             "lighthouse_asks",
             "Completed asks by delivery path and status",
@@ -130,6 +136,27 @@ class Metrics:
             "Times the guard turned elicitation off",
             registry=r,
         )
+
+        self.store_degraded = Gauge(
+            "lighthouse_store_degraded",
+            "1 while a part of the event store fails (see /health for the cause)",
+            registry=r,
+        )
+        self.store_failures = Counter(
+            "lighthouse_store_failures",
+            "Event store failures by component (append, checkpoint, wal_checkpoint) and reason",
+            ["component", "reason"],
+            registry=r,
+        )
+        self.store_wal_frames = Gauge(
+            "lighthouse_store_wal_frames",
+            "Frames in the SQLite WAL at the last background checkpoint",
+            registry=r,
+        )
+
+    def observe_store_failure(self, component: str, reason: str) -> None:
+        """The store's health hook: one failure of `component` for `reason`."""
+        self.store_failures.labels(component, reason).inc()
 
     def observe_commit(self, events: int, seconds: float) -> None:
         """The store's group-commit hook: one transaction of `events` took `seconds`."""

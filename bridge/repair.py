@@ -632,7 +632,7 @@ async def _open_writer(config: StoreConfig, *, damaged: bool) -> SqliteEventStor
     try:
         return await SqliteEventStore.open(config)
     except StoreError as exc:
-        if not damaged or "removed" not in str(exc):
+        if not damaged or exc.reason != "store_damaged":
             raise
         if "accept_damage" not in {f.name for f in dataclasses.fields(StoreConfig)}:
             raise StoreError(

@@ -21,9 +21,6 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcp.shared.exceptions import MCPError
-from mcp_types.jsonrpc import CONNECTION_CLOSED
-
 from events import NewEvent, Record, StoreError, WrongExpectedVersion
 from security import AgentInfo, KeyRegistry
 
@@ -48,6 +45,7 @@ from .domain import (
 from .flags import Flags, FlagState
 from .log import Log
 from .mailbox import fair
+from .mcp import PushFailed
 from .metrics import Metrics
 from .schema import ContentError, check_content, check_schema
 from .sessions import LiveSession, Presence
@@ -267,6 +265,7 @@ class Router:
         self.max_timeout_s = max_timeout_s
         self.limits = limits or Limits()
         self.draining = False
+        self.stopping = False  # this bridge is shutting down: new asks are refused
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.elicitation_observer: Any = None  # the auto-rollback guard (bridge.guard.Guard)
@@ -292,6 +291,8 @@ class Router:
         same thing again attaches to the request already recorded (no second
         RequestCreated) and gets its outcome — at once if it has one."""
         started = time.perf_counter()
+        if self.stopping:
+            raise AskError("bridge_stopping: this bridge is shutting down; retry the ask shortly")
         timeout = self._check_ask(to, message, schema, timeout_s)
         if not isinstance(wait, bool):
             raise AskError("wait: must be true or false")
@@ -848,10 +849,9 @@ class Router:
         except TimeoutError:
             self.metrics.elicitations.labels("timeout").inc()
             return
-        except (MCPError, OSError, RuntimeError, AttributeError) as exc:
+        except PushFailed as exc:
             self._observe(False, started)
-            closed = isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED
-            gone = closed or self.presence.get(session.session_id) is None
+            gone = exc.gone or self.presence.get(session.session_id) is None
             cause = "session_gone" if gone else "transport_error"
             log.info("elicitation of %s failed (%s): %s", req.request_id, cause, exc)
             await self.fall_back(req, cause)

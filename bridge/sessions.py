@@ -2,10 +2,10 @@
 
 Live state only — the log keeps SessionOpened/SessionClosed for the record, but a session
 handle cannot be rebuilt from history. A 2025-era session can be pushed to while its
-standalone GET stream is open: we answer every POST with a JSON body (so the SDK client can
-keep its connection alive — an SSE response costs it a fresh TCP connection per call), and a
-JSON body cannot carry a server request, so the GET stream is the only way in. The SDK
-silently drops pushes to a session without one, so we never pick such a session. A
+standalone GET stream is open: we answer every POST with a JSON body (so SDK clients keep
+their connections alive — an SSE response costs them a fresh TCP connection per call), and a
+JSON body cannot carry a server request, so the GET stream is the only way in; we never pick
+a session without one. A
 2026-07-28 client has no session: it is reachable while it holds a `wait_for_messages` call.
 """
 
@@ -25,7 +25,7 @@ class LiveSession:
     agent: str
     protocol: str
     elicitation: bool
-    handle: Any  # mcp.server.session.ServerSession
+    handle: Any  # bridge.mcp.Session: pushes go through it
     get_streams: int = 0
     ending: bool = False  # its client asked to end it (DELETE): streams closing now are not errors
     opened_at: float = field(default_factory=time.time)

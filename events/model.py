@@ -64,6 +64,11 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     digest: str
 
 
+RawRow = tuple[int, str, int, str, str, float, str, bytes, str, str, str]
+"""A record exactly as stored: (position, stream, version, event_id, type, time, actor,
+data bytes, prev_hash, hash, digest). A tuple, not a Struct: verify walks millions."""
+
+
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     """A signed statement "the log of store `store_id` had `size` events ending in `head_hash`".
 

@@ -61,6 +61,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+import events.merkle as merkle
+
 from .chain import ChainKey, CheckpointSigner
 from .errors import (
     KeyMismatch,
@@ -78,6 +80,7 @@ from .model import Checkpoint, Record, record_from_row
 from .schema import migrations_for
 from .staging import Known, stage_request
 from .store import GroupCommitStore, Head, PendingAppend, StoreConfig
+from .tlog import TreeCheckpoint, leaf_of
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,10 @@ _INSERT_CHECKPOINT = (
     "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (size) DO NOTHING"
 )
 _LOCK_HEAD = "SELECT position, hash, digest FROM lh_head WHERE id = 1 FOR UPDATE"
+_INSERT_NODES = (
+    "INSERT INTO merkle_nodes (level, idx, hash) "
+    "SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bytea[]) ON CONFLICT DO NOTHING"
+)
 _WRITE = f"""
 WITH ins AS (
     INSERT INTO events ({_COLUMNS})
@@ -102,6 +109,9 @@ WITH ins AS (
                          $11::text[])
 ), upd AS (
     UPDATE lh_head SET position = $12, hash = $13, digest = $14 WHERE id = 1
+), nodes AS (
+    INSERT INTO merkle_nodes (level, idx, hash)
+    SELECT * FROM unnest($15::integer[], $16::bigint[], $17::bytea[]) ON CONFLICT DO NOTHING
 )
 SELECT pg_notify('{CHANNEL}', $12::bigint::text)
 """
@@ -227,6 +237,7 @@ class PostgresEventStore(GroupCommitStore):
         self._versions: dict[str, int] = {}
         self._versions_at = -1  # the head position at which `_versions` was exact
         self._listener: asyncio.Task[None] | None = None
+        self._tree_disabled = False
         self.store_id = ""
 
     @classmethod
@@ -272,6 +283,7 @@ class PostgresEventStore(GroupCommitStore):
         self._last_checkpoint_size = await conn.fetchval(
             "SELECT coalesce(max(size), 0) FROM checkpoints"
         )
+        await self._open_tree(conn)
         self._start_writer()
 
     async def _claim_identity(self, conn: asyncpg.Connection) -> None:
@@ -368,6 +380,7 @@ class PostgresEventStore(GroupCommitStore):
         conn = await self._writer_connection()
         versions: dict[str, int] = {}
         rows: list[tuple[Any, ...]] = []
+        leaves: list[bytes] = []
         async with conn.transaction():
             row = await conn.fetchrow(_LOCK_HEAD)
             head = Head(row[0], row[1], row[2])
@@ -377,14 +390,28 @@ class PostgresEventStore(GroupCommitStore):
             stored = await self._stored_versions(conn, batch)
             results = [
                 stage_request(
-                    req, head, lambda s: stored.get(s, 0), self._chain_key, versions, known, rows
+                    req,
+                    head,
+                    lambda s: stored.get(s, 0),
+                    self._chain_key,
+                    versions,
+                    known,
+                    rows,
+                    leaves,
                 )
                 for req in batch
             ]
             if not lookup and any(isinstance(r, StoreError) for r in results):
                 raise _NeedsLookup
             if rows:
-                await conn.execute(_WRITE, *zip(*rows, strict=True), *_head_args(head))
+                # the Merkle nodes go in the same statement: no extra round trip per batch
+                frontier, nodes = await self._grow_tree(conn, row[0], leaves)
+                node_columns = tuple(zip(*nodes, strict=True)) or ([], [], [])
+                await conn.execute(
+                    _WRITE, *zip(*rows, strict=True), *_head_args(head), *node_columns
+                )
+        if rows:
+            self._frontier = frontier
         if head.position >= self._head.position:  # a NOTIFY may already have moved it on
             self._head = head
         self._versions_at = head.position
@@ -393,6 +420,81 @@ class PostgresEventStore(GroupCommitStore):
         self._versions.update(stored)
         self._versions.update(versions)
         return results
+
+    async def _open_tree(self, conn: asyncpg.Connection) -> None:
+        """Load (or, for a store that predates it, build) the tree at the head."""
+        self._last_tree_size = await conn.fetchval(
+            "SELECT coalesce(max(size), 0) FROM tlog_checkpoints"
+        )
+        try:
+            async with conn.transaction():
+                row = await conn.fetchrow(_LOCK_HEAD)
+                self._frontier = await self._load_frontier(conn, row[0])
+        except StoreDamaged as exc:
+            self._tree_disabled = True
+            log.warning("store keeps no Merkle tree (damaged: %s); run `lighthouse verify`", exc)
+
+    async def _grow_tree(
+        self, conn: asyncpg.Connection, size: int, leaves: list[bytes]
+    ) -> tuple[merkle.Frontier | None, list[tuple[int, int, bytes]]]:
+        """The Merkle hook, inside the batch's transaction (which holds the head row): the
+        tree after the batch and the nodes to store with its rows.
+
+        Another bridge may have appended since this one's last batch: then the frontier
+        is reloaded for the locked head from the stored nodes and the last partial tile.
+        """
+        if self._tree_disabled:
+            return None, []
+        frontier = self._frontier
+        if frontier is None or frontier.size != size:
+            frontier = await self._load_frontier(conn, size)
+        frontier = frontier.copy()
+        return frontier, frontier.extend(leaves)
+
+    async def _load_frontier(self, conn: asyncpg.Connection, size: int) -> merkle.Frontier:
+        tile = 1 << merkle.STORED_LEVEL
+        aligned = size - size % tile
+        keys = merkle.Frontier.nodes_for(aligned)
+        found = {
+            (r[0], r[1]): r[2]
+            for r in await conn.fetch(
+                "SELECT level, idx, hash FROM merkle_nodes WHERE (level, idx) IN "
+                "(SELECT * FROM unnest($1::integer[], $2::bigint[]))",
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
+        }
+        if len(found) < len(keys):
+            return await self._build_tree(conn, size)
+        frontier = merkle.Frontier(aligned, [found[k] for k in keys])
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $2 "
+            "ORDER BY position",
+            aligned,
+            size,
+        )
+        frontier.extend([leaf_of(record_from_row(r)) for r in rows])
+        if frontier.size != size:
+            raise StoreDamaged(f"positions {aligned + 1}..{size} are missing", kind="missing")
+        return frontier
+
+    async def _build_tree(self, conn: asyncpg.Connection, size: int) -> merkle.Frontier:
+        """The whole tree from the records: a store written before the tree existed."""
+        frontier, position = merkle.Frontier(), 1
+        while position <= size:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE position >= $1 AND position <= $2 "
+                "ORDER BY position LIMIT 5000",
+                position,
+                size,
+            )
+            if not rows or rows[0][0] != frontier.size + 1:
+                raise StoreDamaged(f"position {frontier.size + 1} is missing", kind="missing")
+            nodes = frontier.extend([leaf_of(record_from_row(r)) for r in rows])
+            if nodes:
+                await conn.execute(_INSERT_NODES, *zip(*nodes, strict=True))
+            position = rows[-1][0] + 1
+        return frontier
 
     async def _stored_versions(
         self, conn: asyncpg.Connection, batch: list[PendingAppend]
@@ -468,6 +570,10 @@ class PostgresEventStore(GroupCommitStore):
         await asyncio.to_thread(self._checkpoint_file.append, checkpoint)
         self._last_checkpoint_size = checkpoint.size
         self._last_checkpoint_time = time.monotonic()
+        try:
+            await self._sign_tree_head()
+        except StoreError as exc:
+            log.warning("tree checkpoint not written (retried at the next cadence): %s", exc)
         return checkpoint
 
     # -- reading ---------------------------------------------------------------------------
@@ -483,6 +589,56 @@ class PostgresEventStore(GroupCommitStore):
             raise unavailable(exc, doing) from None
         except asyncpg.PostgresError as exc:
             raise pg_store_error(exc, f"{doing} failed") from None
+
+    async def tree_nodes(self, keys: Collection[merkle.Node]) -> dict[merkle.Node, bytes]:
+        """Stored Merkle nodes by (level, index): one query for a whole proof."""
+        keys = list(keys)
+        rows = await self._run(
+            "reading the Merkle tree",
+            "SELECT level, idx, hash FROM merkle_nodes WHERE (level, idx) IN "
+            "(SELECT * FROM unnest($1::integer[], $2::bigint[]))",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+        return {(r[0], r[1]): bytes(r[2]) for r in rows}
+
+    async def tree_checkpoints(self, size: int | None = None) -> list[TreeCheckpoint]:
+        """Signed checkpoint notes (all, or the one at `size`), with stored cosignatures."""
+        notes = await self._run(
+            "reading tree checkpoints",
+            "SELECT size, note FROM tlog_checkpoints WHERE $1::bigint IS NULL OR size = $1 "
+            "ORDER BY size",
+            size,
+        )
+        cosigs: dict[int, list[str]] = {}
+        for r in await self._run(
+            "reading cosignatures",
+            "SELECT size, line FROM tlog_cosignatures WHERE $1::bigint IS NULL OR size = $1 "
+            "ORDER BY time",
+            size,
+        ):
+            cosigs.setdefault(r[0], []).append(r[1])
+        return [TreeCheckpoint(r[0], r[1] + "".join(cosigs.get(r[0], []))) for r in notes]
+
+    async def _store_tree_checkpoint(self, cp: TreeCheckpoint) -> None:
+        await self._run(
+            "storing a tree checkpoint",
+            "INSERT INTO tlog_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            cp.size,
+            cp.note,
+        )
+
+    async def add_cosignature(self, size: int, witness: str, line: str) -> None:
+        """Keep a witness's cosignature line of the checkpoint at `size` (latest per witness)."""
+        await self._run(
+            "storing a cosignature",
+            "INSERT INTO tlog_cosignatures (size, witness, line, time) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (size, witness) DO UPDATE SET line = EXCLUDED.line, time = EXCLUDED.time",
+            size,
+            witness,
+            line,
+            time.time(),
+        )
 
     async def read_stream(
         self, stream: str, from_version: int = 1, limit: int | None = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from .chain import ChainKey, public_link
 from .errors import EventIdConflict, StoreError, WrongExpectedVersion
+from .merkle import leaf_hash
 from .model import ANY_VERSION, canonical, encode_data
 from .store import Head, PendingAppend
 
@@ -28,8 +29,12 @@ def stage_request(
     versions: dict[str, int],
     known: Known,
     rows: list[tuple[Any, ...]],
+    leaves: list[bytes] | None = None,
 ) -> list[int] | StoreError:
     """Check one request and add its rows (column order of `events`); never raise.
+
+    With `leaves`, each row's RFC 6962 Merkle leaf hash is collected too (over the same
+    canonical bytes as the chains) for a backend that keeps the tree.
 
     `head` and `versions` advance as rows are staged, so the next request of the same
     batch chains onto this one; nothing is written until the backend commits `rows`.
@@ -59,6 +64,8 @@ def stage_request(
         )
         hash_ = chain_key.link(body, head.hash)
         digest = public_link(body, head.digest)
+        if leaves is not None:
+            leaves.append(leaf_hash(body))
         rows.append(
             (
                 position,

@@ -9,20 +9,16 @@ match the record at its size; a checkpoint larger than the log proves a cut tail
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .chain import (
-    ChainKey,
-    CheckpointFile,
-    checkpoint_signature_ok,
-    load_public_key,
-    public_link,
-)
-from .model import GENESIS_HASH, Checkpoint, Record, record_bytes
+from .chain import ChainKey, CheckpointFile, checkpoint_signature_ok, load_public_key
+from .errors import StoreError
+from .model import GENESIS_HASH, Checkpoint, RawRow, canonical
 from .store import EventStore, StoreConfig
 
 ProblemKind = Literal[
@@ -35,6 +31,10 @@ ProblemKind = Literal[
     "checkpoint_forged",
     "checkpoint_mismatch",
     "checkpoint_removed",
+    "checkpoint_file_missing",
+    "unreadable",
+    "integrity",
+    "index_mismatch",
 ]
 MAX_PROBLEMS = 100
 _PAGE = 5000
@@ -68,6 +68,7 @@ async def verify_with_config(
 ) -> VerifyReport:
     """Verify `store` with the keys and checkpoint file its configuration points at."""
     pem = public_key_pem or config.signing_key_file.with_suffix(".pub").read_bytes()
+    file_missing = not config.checkpoints.exists() and await store.checkpoint_file_expected()
     return await verify_store(
         store,
         chain_key=ChainKey.load(config.chain_key_file, create=False),
@@ -76,6 +77,7 @@ async def verify_with_config(
         key_fingerprint=await store.key_fingerprint(),
         allocated=await store.allocated(),
         progress=progress,
+        checkpoint_file_missing=str(config.checkpoints) if file_missing else None,
     )
 
 
@@ -88,36 +90,52 @@ async def verify_store(
     key_fingerprint: str | None = None,
     allocated: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    checkpoint_file_missing: str | None = None,
 ) -> VerifyReport:
-    """Verify the whole store; `allocated` is the highest position ever handed out, if known."""
+    """Verify the whole store; `allocated` is the highest position ever handed out, if known.
+
+    `checkpoint_file_missing` names the checkpoint file when the store has written one
+    and it is gone: the evidence a cut tail is checked against was lost.
+    """
     problems: list[Problem] = []
     if key_fingerprint is not None and key_fingerprint != chain_key.fingerprint():
         problems.append(Problem(0, "key_mismatch", "the chain key is not this store's key"))
         return VerifyReport(False, 0, 0, 0, 0, problems)
+    if checkpoint_file_missing is not None:
+        problems.append(
+            Problem(
+                0,
+                "checkpoint_file_missing",
+                f"checkpoint file {checkpoint_file_missing} is missing but the store has "
+                "written checkpoints to it: a cut tail can no longer be detected",
+            )
+        )
+    problems += [Problem(p, kind, d) for p, kind, d in await store.integrity_problems()]  # type: ignore[arg-type]
 
     head = await store.head()
-    hashes: dict[str, int] = {}
-    last_position, last_hash, last_digest, checked = 0, GENESIS_HASH, GENESIS_HASH, 0
-    at_size: dict[int, str] = {}
+    walk = _Walk(chain_key)
     stored = await store.checkpoints()  # read once: a checkpoint signed mid-scan is not damage
-    wanted = {cp.size for cp in file_checkpoints} | {cp.size for cp in stored}
+    walk.wanted = {cp.size for cp in file_checkpoints} | {cp.size for cp in stored}
     position = 1
-    while len(problems) < MAX_PROBLEMS:
-        page = await store.read_all(position, limit=_PAGE)
+    while len(problems) + len(walk.problems) < MAX_PROBLEMS:
+        try:
+            page = await store.read_raw(position, limit=_PAGE)
+        except StoreError as exc:
+            position = await _skip_unreadable(store, position, head.position, exc, walk)
+            if position == 0:
+                break
+            continue
         if not page:
             break
-        for record in page:
-            problems.extend(_check_record(record, last_position, last_hash, last_digest, chain_key))
-            hashes[record.hash[:16]] = record.position
-            last_position, last_hash, last_digest = record.position, record.hash, record.digest
-            if record.position in wanted:
-                at_size[record.position] = record.hash
-            checked += 1
-        position = page[-1].position + 1
+        walk.check(page)
+        position = page[-1][0] + 1
         if progress is not None:
-            progress(checked, head.position)
-    size = last_position
-    problems = [_classify_link(p, hashes) for p in problems]
+            progress(walk.checked, head.position)
+    size = walk.last_position
+    hashes = await _where_hashes_are(
+        store, {p.detail[:16] for p in walk.problems if p.kind == "broken_link"}
+    )
+    problems += [_classify_link(p, hashes) for p in walk.problems]
     if allocated is not None and allocated > size:
         problems.append(
             Problem(
@@ -126,31 +144,214 @@ async def verify_store(
                 f"positions {size + 1}..{allocated} were allocated and are gone",
             )
         )
-    cps = _checkpoint_problems(store.store_id, stored, file_checkpoints, public_key, size, at_size)
+    cps = _checkpoint_problems(
+        store.store_id, stored, file_checkpoints, public_key, size, walk.at_size
+    )
     problems.extend(cps[0])
     problems.sort(key=lambda p: p.position)
-    return VerifyReport(not problems, size, checked, cps[1], cps[2], problems[:MAX_PROBLEMS])
+    return VerifyReport(not problems, size, walk.checked, cps[1], cps[2], problems[:MAX_PROBLEMS])
 
 
-def _check_record(
-    record: Record, last_position: int, last_hash: str, last_digest: str, key: ChainKey
+async def stored_bytes_problems(
+    store: EventStore, first: int, last: int, anchor_digest: str
 ) -> list[Problem]:
-    """Problems of one record relative to its predecessor; broken links are classified later."""
-    p = record.position
-    if p != last_position + 1:
-        return [
-            Problem(
-                last_position + 1, "missing", f"positions {last_position + 1}..{p - 1} are missing"
-            )
-        ]
-    if record.prev_hash != last_hash:
-        return [Problem(p, "broken_link", record.prev_hash)]
-    body = record_bytes(record)
-    if key.link(body, record.prev_hash) != record.hash:
-        return [Problem(p, "edited", f"record at {p} does not match its hash")]
-    if public_link(body, last_digest) != record.digest:
-        return [Problem(p, "edited", f"record at {p} does not match its public digest")]
-    return []
+    """Records in `first..last` whose stored bytes do not give their public digest, or
+    are not the canonical encoding of what they decode to — checked with the public chain
+    only (no chain key), so an export can refuse to launder an edited record into a
+    re-encoded one that would verify. `anchor_digest` is the digest of `first - 1`."""
+    problems: list[Problem] = []
+    prev, position = anchor_digest, first
+    while position <= last and len(problems) < MAX_PROBLEMS:
+        page = await store.read_raw(position, limit=min(_PAGE, last - position + 1))
+        if not page:
+            break
+        for row in page:
+            if row[0] > last:
+                break
+            data = _as_bytes(row[7])
+            problem: Problem | None = None
+            try:
+                body = canonical(
+                    position=row[0],
+                    stream=row[1],
+                    version=row[2],
+                    event_id=row[3],
+                    type=row[4],
+                    time=row[5],
+                    actor=row[6],
+                    data_json=data,
+                )
+                if hashlib.sha256(body + bytes.fromhex(prev)).hexdigest() != row[10]:
+                    problem = Problem(
+                        row[0], "edited", f"record at {row[0]} does not match its digest"
+                    )
+                elif _canonical_encoder.encode(_data_decoder.decode(data)) != data:
+                    problem = Problem(
+                        row[0], "edited", f"record at {row[0]} is not stored canonically"
+                    )
+            except Exception as exc:  # undecodable or mistyped: edited too
+                problem = Problem(row[0], "edited", f"record at {row[0]} cannot be checked ({exc})")
+            if problem is not None:
+                problems.append(problem)
+            prev = row[10]
+        position = page[-1][0] + 1
+    return problems
+
+
+async def _where_hashes_are(store: EventStore, prefixes: set[str]) -> dict[str, int]:
+    """Positions of the records whose hashes broken links point at: a second pass that
+    only a damaged log pays for, instead of indexing every hash during the walk."""
+    found: dict[str, int] = {}
+    position = 1
+    while prefixes:
+        try:
+            page = await store.read_raw(position, limit=_PAGE)
+        except StoreError:
+            position += _PAGE
+            if position > (await store.head()).position:
+                break
+            continue
+        if not page:
+            break
+        for row in page:
+            if row[9][:16] in prefixes:
+                found[row[9][:16]] = row[0]
+        position = page[-1][0] + 1
+    return found
+
+
+async def _skip_unreadable(
+    store: EventStore, position: int, head: int, error: StoreError, walk: _Walk
+) -> int:
+    """A page the backend cannot read (a corrupt B-tree page): report it and read on from
+    the next position that reads, so one bad page does not hide the rest of the log."""
+    start = position
+    while position <= head:
+        position += 1
+        try:
+            if await store.read_raw(position, limit=1):
+                break
+        except StoreError:
+            continue
+    else:
+        position = 0
+    end = position - 1 if position else head
+    walk.problems.append(
+        Problem(start, "unreadable", f"positions {start}..{end} cannot be read: {error}")
+    )
+    walk.last_position = end  # the gap is reported once, here, not again as `missing`
+    walk.resync = True
+    return position
+
+
+_data_decoder = msgspec.json.Decoder()
+_canonical_encoder = msgspec.json.Encoder(order="sorted")
+_head_encoder = _canonical_encoder.encode
+
+
+class _Walk:
+    """State of the chain walk over stored rows, and the tight loop that checks them.
+
+    Each row is hashed as stored — `data` exactly as the backend holds it — so any byte
+    edit breaks its HMAC and public digest; the bytes must also be the canonical
+    encoding of what they decode to, so a record that merely *means* the same (other
+    whitespace, key order, escapes, number format) is still reported as edited.
+    """
+
+    def __init__(self, key: ChainKey) -> None:
+        self.key = key
+        self.last_position = 0
+        self.last_hash = GENESIS_HASH
+        self.last_digest = GENESIS_HASH
+        self.checked = 0
+        self.problems: list[Problem] = []
+        self.wanted: set[int] = set()
+        self.at_size: dict[int, str] = {}
+        self.resync = False
+
+    def check(self, page: list[RawRow]) -> None:
+        # The hot loop of verify (millions of rows): locals only, the canonical bytes built
+        # inline exactly as `model.canonical` builds them and the HMAC inlined from the
+        # key's precomputed states; `_check_body` explains a row that fails.
+        inner, outer = self.key._inner.copy, self.key._outer.copy
+        sha256, fromhex, encode = hashlib.sha256, bytes.fromhex, _head_encoder
+        decode, canonical_encode = _data_decoder.decode, _canonical_encoder.encode
+        problems, wanted, at_size, resync = self.problems, self.wanted, self.at_size, self.resync
+        last_position, last_hash, last_digest = self.last_position, self.last_hash, self.last_digest
+        for row in page:
+            p, data, prev_hash, hash_, digest = row[0], row[7], row[8], row[9], row[10]
+            if p != last_position + 1:
+                problems.append(
+                    Problem(
+                        last_position + 1,
+                        "missing",
+                        f"positions {last_position + 1}..{p - 1} are missing",
+                    )
+                )
+            elif resync:
+                resync = False  # after an unreadable stretch: chain on from here
+            elif prev_hash != last_hash:
+                problems.append(Problem(p, "broken_link", prev_hash))
+            else:
+                try:
+                    head = encode([p, row[1], row[2], row[3], row[4], row[5], row[6]])
+                    body = head[:-1] + b"," + data + b"]"
+                    h = inner()
+                    h.update(body)
+                    h.update(fromhex(prev_hash))
+                    o = outer()
+                    o.update(h.digest())
+                    ok = (
+                        o.hexdigest() == hash_
+                        and sha256(body + fromhex(last_digest)).hexdigest() == digest
+                        and canonical_encode(decode(data)) == data
+                    )
+                except Exception:  # wrong types, undecodable data: the slow path names it
+                    ok = False
+                if not ok:
+                    problems.append(_check_body(row, self.key.link, last_digest))
+            last_position, last_hash, last_digest = p, hash_, digest
+            if p in wanted:
+                at_size[p] = hash_
+        self.checked += len(page)
+        self.resync = resync
+        self.last_position, self.last_hash, self.last_digest = last_position, last_hash, last_digest
+
+
+def _as_bytes(data: object) -> bytes:
+    """A TEXT (or other) value written past the writer, as the bytes it stands for."""
+    if isinstance(data, bytes):
+        return data
+    return data.encode() if isinstance(data, str) else repr(data).encode()
+
+
+def _check_body(row: RawRow, link: Any, last_digest: str) -> Problem:
+    """Why a row failed the fast check, as precisely as the stored values allow."""
+    p, data = row[0], _as_bytes(row[7])
+    try:
+        body = canonical(
+            position=p,
+            stream=row[1],
+            version=row[2],
+            event_id=row[3],
+            type=row[4],
+            time=row[5],
+            actor=row[6],
+            data_json=data,
+        )
+    except (TypeError, msgspec.EncodeError) as exc:
+        return Problem(p, "edited", f"record at {p} has a field of the wrong type ({exc})")
+    if link(body, row[8]) != row[9]:
+        return Problem(p, "edited", f"record at {p} does not match its hash")
+    if hashlib.sha256(body + bytes.fromhex(last_digest)).hexdigest() != row[10]:
+        return Problem(p, "edited", f"record at {p} does not match its public digest")
+    try:
+        decoded = _data_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        return Problem(p, "edited", f"record at {p} is not valid JSON ({exc})")
+    if not isinstance(decoded, dict) or _canonical_encoder.encode(decoded) != data:
+        return Problem(p, "edited", f"record at {p} is not stored in its canonical encoding")
+    return Problem(p, "edited", f"record at {p} could not be checked")
 
 
 def _classify_link(problem: Problem, hashes: dict[str, int]) -> Problem:

@@ -224,10 +224,10 @@ def test_security_report_groups_by_reason_agent_and_lists_flag_changes() -> None
 # -- exports -----------------------------------------------------------------------------
 
 
-async def _export(db: Path, out: Path, query: AuditQuery | None = None) -> Any:
+async def _export(db: Path, out: Path, query: AuditQuery | None = None, **options: Any) -> Any:
     source = await StoreSource.open(db)
     try:
-        return await write_export(source, query or AuditQuery(), out)
+        return await write_export(source, query or AuditQuery(), out, **options)
     finally:
         await source.close()
 
@@ -276,11 +276,11 @@ async def test_records_after_the_last_checkpoint_are_reported_not_covered(tmp_pa
     assert "3 records after position 22 are not covered by a checkpoint" in report.describe()
 
 
-async def test_filtered_export_proves_which_records_match(
+async def test_contiguous_filtered_export_proves_which_records_match(
     db: Path, public_key: bytes, tmp_path: Path
 ) -> None:
     out = tmp_path / "bob.jsonl"
-    summary = await _export(db, out, AuditQuery(agent="bob"))
+    summary = await _export(db, out, AuditQuery(agent="bob"), contiguous=True)
     assert summary.matched == 10 and summary.first == 1
     report = verify_export(out, public_key)
     assert report.ok and report.matched == 10 and report.selector == {"agent": "bob"}
@@ -590,3 +590,20 @@ async def test_export_from_a_live_bridge_verifies_after_shutdown(live: BridgePro
     assert done.returncode == 0, done.stderr
     report = verify_export(after, pem.read_bytes())
     assert report.ok and report.uncovered == 0, report.problems
+
+
+def test_export_refuses_a_record_whose_stored_bytes_were_edited(db: Path, tmp_path: Path) -> None:
+    """A whitespace edit decodes to the same value, so a re-encoded export would verify:
+    the export hashes what is stored and refuses instead."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET data = CAST(data AS BLOB) || X'20' WHERE position = 5")
+    conn.commit()
+    conn.close()
+    out = tmp_path / "edited.jsonl"
+    done = _cli("audit", "export", "--db", str(db), "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "record at 5 does not match its digest" in done.stderr
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()

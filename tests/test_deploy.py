@@ -30,6 +30,8 @@ RUNSHEET_ALERTS = {
     "LighthouseRateLimitViolations": "lighthouse_rate_limited_total",
     "LighthouseFallbackRateHigh": "lighthouse_fallbacks_total",
     "LighthouseStoreAppendP99High": "lighthouse_store_append_seconds_bucket",
+    "LighthouseStoreDegraded": "lighthouse_store_degraded",
+    "LighthouseStoreWalCheckpointFailing": 'component="wal_checkpoint"',
 }
 
 

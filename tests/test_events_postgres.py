@@ -142,7 +142,7 @@ async def test_checkpoints_signed_once_per_size_by_racing_stores(tmp_path: Path)
 async def test_migrations_apply_once_under_concurrency_and_refuse_newer(tmp_path: Path) -> None:
     url = fresh_database("mig")
     results = await asyncio.gather(*(migrate(url) for _ in range(3)))
-    assert sorted(results) == [[], [], [1]]
+    assert sorted(results) == [[], [], [1, 2]]
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")
@@ -213,3 +213,41 @@ async def test_read_only_database_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(StoreReadOnly) as info:
         await PostgresEventStore.open(config)
     assert info.value.reason == "store_read_only" and info.value.retryable
+
+
+async def test_the_merkle_tree_is_one_tree_across_two_stores_and_proves(tmp_path: Path) -> None:
+    """Two bridges on one database append in turns; each reloads the tree when the other
+    moved the head, so the stored tree is the RFC 6962 tree of the one log."""
+    from events import merkle, note
+    from events.tlog import consistency_proof, inclusion_proof, leaf_of, tree_root
+
+    config = _suite.make_config(tmp_path, checkpoint_interval=0)
+    a = await PostgresEventStore.open(config)
+    b = await PostgresEventStore.open(config)
+    try:
+        for i in range(40):
+            await (a if i % 3 else b).append(f"s{i % 4}", [ev(i), ev(i + 1000)])
+        records = await a.read_all(1, limit=None)
+        leaves = [leaf_of(r) for r in records]
+        root = merkle.root_from_leaves(leaves)
+        assert await tree_root(a, 80) == root == await tree_root(b, 80)
+        for index in (0, 15, 16, 47, 79):
+            proof = await inclusion_proof(b, index, 80)
+            merkle.verify_inclusion(leaves[index], index, 80, proof, root)
+        old = merkle.root_from_leaves(leaves[:33])
+        merkle.verify_consistency(33, 80, old, root, await consistency_proof(a, 33, 80))
+        await a.checkpoint()
+        [cp] = await b.tree_checkpoints()  # signed by a over the tree as a last saw it
+        head = note.parse_checkpoint(note.parse_note(cp.note).text)
+        assert 0 < head.size <= 80 and head.root == await tree_root(b, head.size)
+    finally:
+        await a.close()
+        await b.close()
+    reopened = await PostgresEventStore.open(config)  # the tree is loaded, not rebuilt wrong
+    try:
+        await reopened.append("s9", [ev(9)])
+        records = await reopened.read_all(1, limit=None)
+        want = merkle.root_from_leaves([leaf_of(r) for r in records])
+        assert await tree_root(reopened, 81) == want
+    finally:
+        await reopened.close()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import json
 import re
 import sys
@@ -202,7 +201,8 @@ async def _record(out: Path) -> None:
             "SUCCESS (tests/judges/test_conformance.py). Why the others fail: `why` and "
             "tests/judges/README.md."
         ),
-        "server": f"SDK-hosted /mcp (python mcp {importlib.metadata.version('mcp')})",
+        "server": "native /mcp (bridge/mcp); first recorded against the SDK-hosted /mcp "
+        "(python mcp 2.3.0), whose every SUCCESS the native endpoint kept",
         "suites": {run.label: list(run.scenarios) for run in RUNS},
         "summary": summary(results),
         "why": previous.get("why", {}),

@@ -1,0 +1,108 @@
+"""Sealed, single-use `requestState` for 2026-07-28 input-required results.
+
+The client echoes `requestState` back on its retried call; the spec says to treat it as
+attacker-controlled. We seal it with AES-256-GCM under a key of ours, binding the verified
+agent, the tool call it came from (name and arguments) and an expiry, and we remember each
+state's id until it expires so a second use is refused — single use is enforced here, on
+the server, not trusted to the client. Every refusal names its reason, so it can be
+recorded and counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from typing import Any
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+_PREFIX = "lh1."
+_AAD = b"lighthouse requestState v1"
+
+
+class StateRejected(Exception):
+    """`reason`: malformed, tampered, foreign, wrong_call, expired or replayed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Sealed(msgspec.Struct, array_like=True):
+    jti: str
+    agent: str
+    call: str
+    exp: float
+    payload: dict[str, Any]
+
+
+_encoder = msgspec.json.Encoder(order="sorted")
+_decoder = msgspec.json.Decoder(_Sealed)
+
+
+def call_digest(tool: str, arguments: dict[str, Any]) -> str:
+    """What binds a state to the call it came from: the tool and its exact arguments."""
+    return hashlib.sha256(tool.encode() + b"\0" + _encoder.encode(arguments)).hexdigest()[:32]
+
+
+class StateSealer:
+    def __init__(self, key: bytes, *, ttl_s: float = 900.0) -> None:
+        self._aead = AESGCM(hashlib.sha256(b"lighthouse requestState key\0" + key).digest())
+        self.ttl_s = ttl_s
+        self._used: dict[str, float] = {}  # jti -> expiry, until it expires
+        self._purge_at = 1024
+
+    def seal(
+        self, agent: str, tool: str, arguments: dict[str, Any], payload: dict[str, Any]
+    ) -> str:
+        sealed = _Sealed(
+            base64.urlsafe_b64encode(os.urandom(12)).decode(),
+            agent,
+            call_digest(tool, arguments),
+            time.time() + self.ttl_s,
+            payload,
+        )
+        nonce = os.urandom(12)
+        box = self._aead.encrypt(nonce, _encoder.encode(sealed), _AAD)
+        return _PREFIX + base64.urlsafe_b64encode(nonce + box).rstrip(b"=").decode()
+
+    def open(
+        self, token: object, agent: str, tool: str, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The payload of a state minted for this agent and call, once; else StateRejected."""
+        if not isinstance(token, str) or not token.startswith(_PREFIX) or len(token) > 65536:
+            raise StateRejected("malformed")
+        raw = token[len(_PREFIX) :]
+        try:
+            blob = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        except ValueError:
+            raise StateRejected("malformed") from None
+        if len(blob) < 12 + 16:
+            raise StateRejected("malformed")
+        try:
+            sealed = _decoder.decode(self._aead.decrypt(blob[:12], blob[12:], _AAD))
+        except (InvalidTag, msgspec.DecodeError):
+            raise StateRejected("tampered") from None
+        now = time.time()
+        if sealed.agent != agent:
+            raise StateRejected("foreign")
+        if sealed.call != call_digest(tool, arguments):
+            raise StateRejected("wrong_call")
+        if sealed.exp < now:
+            raise StateRejected("expired")
+        if sealed.jti in self._used:
+            raise StateRejected("replayed")
+        self._forget_expired(now)
+        self._used[sealed.jti] = sealed.exp
+        return sealed.payload
+
+    def _forget_expired(self, now: float) -> None:
+        if len(self._used) < self._purge_at:
+            return
+        for jti in [j for j, exp in self._used.items() if exp < now]:
+            del self._used[jti]
+        self._purge_at = max(1024, 2 * len(self._used))

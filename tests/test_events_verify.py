@@ -1,0 +1,200 @@
+"""`verify` checks the bytes as stored, survives damaged pages and catches index damage.
+
+Each test edits the SQLite file the way an attacker with file access would (triggers
+dropped, or raw bytes of a page overwritten) and asserts the kind and position verify
+reports.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from events import NewEvent, SqliteEventStore, StoreConfig, StoreCorrupt
+from events.verify import VerifyReport, verify_with_config
+
+DATA = {"a": 1, "b": "café", "n": 1.5, "s": "x y"}
+CANONICAL = b'{"a":1,"b":"caf\xc3\xa9","n":1.5,"s":"x y"}'
+
+
+async def _filled(tmp_path: Path, n: int = 30) -> StoreConfig:
+    config = StoreConfig(path=tmp_path / "events.db")
+    store = await SqliteEventStore.open(config)
+    for i in range(n):
+        data = DATA if i == 9 else {"i": i, "tag": f"t{i:04d}"}
+        await store.append(f"s{i % 3}", [NewEvent(type=f"Type{i % 2}", data=data, actor="a")])
+    await store.close()
+    return config
+
+
+async def _verify(config: StoreConfig) -> VerifyReport:
+    ro = StoreConfig(path=config.path, readonly=True)
+    store = await SqliteEventStore.open(ro)
+    try:
+        return await verify_with_config(store, config)
+    finally:
+        await store.close()
+
+
+def _set_data(config: StoreConfig, position: int, data: bytes) -> None:
+    conn = sqlite3.connect(config.path)
+    conn.execute("DROP TRIGGER IF EXISTS events_no_update")
+    conn.execute("UPDATE events SET data = ? WHERE position = ?", (data, position))
+    conn.commit()
+    conn.close()
+
+
+async def test_stored_data_is_the_canonical_bytes(tmp_path: Path) -> None:
+    config = await _filled(tmp_path)
+    conn = sqlite3.connect(config.path)
+    assert conn.execute("SELECT data FROM events WHERE position = 10").fetchone() == (CANONICAL,)
+    conn.close()
+    assert (await _verify(config)).ok
+
+
+@pytest.mark.parametrize(
+    "edited",
+    [
+        CANONICAL + b" ",  # trailing whitespace
+        CANONICAL.replace(b'"a":1,', b'"a": 1,'),  # inner whitespace
+        b'{"b":"caf\xc3\xa9","a":1,"n":1.5,"s":"x y"}',  # key order
+        CANONICAL.replace(b"caf\xc3\xa9", b"caf\\u00e9"),  # escaped unicode
+        CANONICAL.replace(b"x y", b"x\\u0020y"),  # escaped ASCII
+        CANONICAL.replace(b"1.5", b"1.50"),  # number format
+        CANONICAL.replace(b"1.5", b"15e-1"),  # exponent form
+        CANONICAL.replace(b'"a":1', b'"a":1.0'),  # int as float
+    ],
+    ids=[
+        "trailing-space",
+        "inner-space",
+        "key-order",
+        "escaped-unicode",
+        "escaped-ascii",
+        "trailing-zero",
+        "exponent",
+        "int-as-float",
+    ],
+)
+async def test_every_byte_edit_that_decodes_the_same_is_caught(
+    tmp_path: Path, edited: bytes
+) -> None:
+    config = await _filled(tmp_path)
+    _set_data(config, 10, edited)
+    report = await _verify(config)
+    assert not report.ok
+    assert [(p.position, p.kind) for p in report.problems] == [(10, "edited")]
+
+
+async def test_stored_as_text_instead_of_blob_is_still_hashed_as_stored(tmp_path: Path) -> None:
+    config = await _filled(tmp_path)
+    conn = sqlite3.connect(config.path)
+    conn.execute("DROP TRIGGER IF EXISTS events_no_update")
+    conn.execute("UPDATE events SET data = CAST(data AS TEXT) || ' ' WHERE position = 4")
+    conn.commit()
+    conn.close()
+    report = await _verify(config)
+    assert [(p.position, p.kind) for p in report.problems] == [(4, "edited")]
+
+
+async def test_undecodable_record_is_reported_at_its_position_and_verify_goes_on(
+    tmp_path: Path,
+) -> None:
+    config = await _filled(tmp_path)
+    _set_data(config, 5, b'{"i":5,\x00\x01\x02\x03}')
+    _set_data(config, 20, b"[not json")
+    report = await _verify(config)
+    assert [(p.position, p.kind) for p in report.problems] == [(5, "edited"), (20, "edited")]
+    assert report.records_checked == 30
+    store = await SqliteEventStore.open(StoreConfig(path=config.path, readonly=True))
+    try:  # readers name the record instead of failing with a bare JSON error
+        with pytest.raises(StoreCorrupt, match="position 5 cannot be decoded"):
+            await store.read_all(1, limit=10)
+    finally:
+        await store.close()
+
+
+def _page_of(path: Path, root_name: str) -> tuple[int, int]:
+    """(offset, size) of the root page of a table or index in the (checkpointed) file."""
+    conn = sqlite3.connect(path)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = ?", (root_name,)
+    ).fetchone()
+    conn.close()
+    return (root[0] - 1) * page_size, page_size
+
+
+def _overwrite(path: Path, offset: int, size: int, needle: bytes, replacement: bytes) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        page = fh.read(size)
+        at = page.find(needle)
+        assert at >= 0, f"{needle!r} not in the page"
+        fh.seek(offset + at)
+        fh.write(replacement)
+
+
+async def test_corrupted_bytes_in_a_table_page_are_edited_records(tmp_path: Path) -> None:
+    config = await _filled(tmp_path, 10)
+    offset, size = _page_of(config.path, "events")
+    # 8 bytes of the payload of record i=6 (position 7) overwritten in the file itself
+    _overwrite(config.path, offset, size, b'"tag":"t0006"', b'"tag"\x7f\x00\x01\xff\xfe\xfd\xfc"')
+    report = await _verify(config)
+    assert (7, "edited") in [(p.position, p.kind) for p in report.problems]
+    assert report.records_checked == 10
+
+
+async def test_index_page_corruption_is_caught(tmp_path: Path) -> None:
+    config = await _filled(tmp_path, 10)
+    offset, size = _page_of(config.path, "events_type_position")
+    # The index now files one Type1 record under "Typf1": lookups by type drop it.
+    _overwrite(config.path, offset, size, b"Type1", b"Typf1")
+    report = await _verify(config)
+    kinds = {p.kind for p in report.problems}
+    assert "index_mismatch" in kinds and "integrity" in kinds, report.problems
+    mismatch = next(p for p in report.problems if p.kind == "index_mismatch")
+    assert "events_type_position" in mismatch.detail and "'Type1'" in mismatch.detail
+
+
+async def test_missing_checkpoint_file_is_damage(tmp_path: Path) -> None:
+    config = await _filled(tmp_path, 5)
+    os.remove(config.checkpoints)
+    report = await _verify(config)
+    assert [(p.position, p.kind) for p in report.problems] == [(0, "checkpoint_file_missing")]
+
+
+async def test_fresh_store_without_checkpoints_needs_no_file(tmp_path: Path) -> None:
+    config = StoreConfig(path=tmp_path / "events.db", checkpoint_every=10**9)
+    store = await SqliteEventStore.open(config)
+    await store.append("s", [NewEvent(type="T")])
+    await store._close_backend()  # no final checkpoint: nothing was ever written to the file
+    store._closed = True
+    assert not config.checkpoints.exists()
+    assert (await _verify(config)).ok
+
+
+def test_cli_progress_goes_to_stderr_only_when_asked(tmp_path: Path) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    config = asyncio.run(_filled(tmp_path, 12))
+
+    def verify(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "verify", "--db", str(config.path), *extra],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    quiet = verify()
+    assert quiet.returncode == 0 and quiet.stderr == ""  # not a TTY: no progress
+    assert quiet.stdout.startswith("OK: 12 events")
+    shown = verify("--progress")
+    assert shown.returncode == 0 and shown.stdout == quiet.stdout
+    assert "verifying: 12/12 (100%" in shown.stderr
