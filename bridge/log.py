@@ -25,6 +25,8 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
+import msgspec
+
 from events import ANY_VERSION, EventStore, NewEvent, Record, StoreError, WrongExpectedVersion
 
 from .domain import AGENT_FORGOTTEN, Fact
@@ -100,6 +102,13 @@ class Log:
             if len(page) < self._REPLAY_PAGE:
                 return count
             position = page[-1].position + 1
+
+    async def read_stream(self, stream: str) -> list[Record]:
+        """One stream's records with their contents opened (what projections would see)."""
+        records = await self.store.read_stream(stream)
+        if self.sealer is None:
+            return records
+        return [msgspec.structs.replace(r, data=self.sealer.open_record(r)) for r in records]
 
     def _apply_record(self, r: Record) -> None:
         data = r.data if self.sealer is None else self.sealer.open_record(r)

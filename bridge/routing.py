@@ -396,7 +396,7 @@ class Router:
         return self._closed_view(records) or self._open_view(records)
 
     async def _stream(self, request_id: str) -> list[Record]:
-        return await self.log.store.read_stream(request_stream(request_id))
+        return await self.log.read_stream(request_stream(request_id))
 
     def _pending(self, req: OpenRequest) -> dict[str, Any]:
         return {
