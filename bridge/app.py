@@ -52,7 +52,7 @@ from .mcp import McpEndpoint, SessionTable, StateSealer
 from .metrics import Metrics
 from .observability import EventLogger
 from .refusals import RefusalLedger
-from .routing import Requests, Router
+from .routing import Limits, Requests, Router
 from .sessions import Presence
 from .tools import AgentTools
 
@@ -163,6 +163,12 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
         metrics,
         default_timeout_s=settings.default_timeout_s,
         max_timeout_s=settings.max_timeout_s,
+        limits=Limits(
+            max_content_bytes=settings.max_content_bytes,
+            max_open_per_caller=settings.max_open_per_caller,
+            max_open_per_recipient=settings.max_open_per_recipient,
+            max_fanout=settings.max_fanout,
+        ),
     )
     bridge = Bridge(
         settings=settings,
@@ -301,6 +307,9 @@ def _bridge_ctx(settings: Settings) -> Any:
             moved = await bridge.router.adopt_open_requests()
             if moved:
                 log.info("moved %d elicitations of the previous run to the legacy path", moved)
+            bridge.router.spawn(
+                bridge.mailboxes.expire_forever(bridge.log, settings.message_retention_s)
+            )
             endpoint.start()
             yield
         finally:
