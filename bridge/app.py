@@ -43,13 +43,22 @@ from .backends import agent_rate_limiter, open_nonces, open_store, store_label
 from .config import Settings
 from .connections import limit_connections
 from .discovery import remove_discovery, write_discovery
-from .domain import FLAG_CHANGED, FLAGS_STREAM, NONCE_STORE_CREATED, SECURITY_STREAM
+from .domain import (
+    FLAG_CHANGED,
+    FLAGS_STREAM,
+    NONCE_STORE_CREATED,
+    SECURITY_STREAM,
+    SESSION_CLOSED,
+    session_stream,
+)
 from .flags import Flags
 from .guard import Guard
 from .log import Log
 from .mailbox import Mailboxes
 from .mcp import McpEndpoint, SessionTable, StateSealer
+from .mcp.state import LocalUsedStates, SharedUsedStates, UsedStates
 from .metrics import Metrics
+from .nodes import PostgresNodes, SoloNodes
 from .observability import EventLogger
 from .refusals import RefusalLedger
 from .routing import Requests, Router
@@ -89,11 +98,14 @@ class Bridge:
     refusals: RefusalLedger
     endpoint: McpEndpoint | None = None
     guard: Guard | None = None
+    nodes: SoloNodes | None = None
 
     async def close(self) -> None:
         """Close everything, each step whatever the previous one raised: the store (and
         its writer lock) must be released even when a stop goes wrong."""
         try:
+            if self.nodes is not None:
+                await self.nodes.close()
             await self.log.stop_following()
             await self.router.close()
         finally:
@@ -137,11 +149,15 @@ async def open_bridge(settings: Settings) -> Bridge:
 
 async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) -> Bridge:
     registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
-    requests, presence, metrics = Requests(), Presence(), Metrics()
+    node = settings.node
+    nodes = PostgresNodes(node, settings.database_url) if settings.database_url else SoloNodes(node)
+    requests, presence, metrics = Requests(), Presence(node, nodes.alive), Metrics()
     store.commit_observer = metrics.observe_commit
     store.state.observer = metrics.observe_store_failure
     event_logger = EventLogger()
-    event_log = Log(store, [RegistryProjection(registry), flags, requests, mailboxes, event_logger])
+    event_log = Log(
+        store, [RegistryProjection(registry), flags, requests, mailboxes, presence, event_logger]
+    )
     replayed = await event_log.replay()
     event_logger.live = True  # one JSON log line per new fact of interest, not the history
     if settings.database_url:  # other bridges append too: keep the projections current
@@ -163,7 +179,10 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
         metrics,
         default_timeout_s=settings.default_timeout_s,
         max_timeout_s=settings.max_timeout_s,
+        nodes=nodes,
     )
+    event_log.on_followed.append(router.on_followed)
+    nodes.on_tick = router.check_peers
     bridge = Bridge(
         settings=settings,
         store=store,
@@ -184,6 +203,7 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
         admin=AdminAuth(token),
         origin=origin_policy(settings.host, settings.port, extra_origins=settings.allowed_origins),
         refusals=RefusalLedger(settings.refusal_window_s, settings.refusal_burst),
+        nodes=nodes,
     )
     if nonces.created_new and nonces.born_at > 0:
         await _record_new_nonce_store(bridge)
@@ -285,19 +305,27 @@ def _bridge_ctx(settings: Settings) -> Any:
                 tools,
                 tools,
                 SessionTable(
+                    prefix=settings.node + ".",  # the balancer's key (deploy/) to this bridge
                     per_agent=settings.max_sessions_per_agent,
                     total=settings.max_sessions,
                     idle_timeout_s=settings.session_idle_timeout_s,
                     # a session that never sent `initialized` is given a minute at most
                     init_timeout_s=min(60.0, settings.session_idle_timeout_s),
                 ),
-                StateSealer(request_state_key, ttl_s=settings.request_state_ttl_s),
+                StateSealer(
+                    request_state_key, ttl_s=settings.request_state_ttl_s, used=_used_states(bridge)
+                ),
                 server_name="lighthouse",
                 server_version=package_version(),
                 instructions="Coordination bridge: ask other agents questions, answer theirs.",
             )
             app[BRIDGE] = bridge
             flusher = asyncio.create_task(refusal_flusher(bridge), name="refusal-flusher")
+            assert bridge.nodes is not None
+            await bridge.nodes.start(
+                lambda: bridge.log.applied, f"http://{settings.host}:{settings.port}"
+            )
+            await _close_orphan_sessions(bridge)
             moved = await bridge.router.adopt_open_requests()
             if moved:
                 log.info("moved %d elicitations of the previous run to the legacy path", moved)
@@ -316,6 +344,25 @@ def _bridge_ctx(settings: Settings) -> Any:
             await bridge.close()
 
     return ctx
+
+
+def _used_states(bridge: Bridge) -> UsedStates:
+    """Shared when bridges share a store: a 2026-07-28 retry may reach any of them."""
+    if bridge.settings.database_url or bridge.settings.redis_url:
+        return SharedUsedStates(bridge.nonces)
+    return LocalUsedStates()
+
+
+async def _close_orphan_sessions(bridge: Bridge) -> None:
+    """Sessions the log says are open on this node died with its previous run (a kill or
+    a crash): record them closed, so no bridge routes to them any longer."""
+    for orphan in bridge.presence.orphans():
+        await bridge.log.record(
+            session_stream(orphan.session_id),
+            SESSION_CLOSED,
+            {"agent": orphan.agent, "session_id": orphan.session_id, "reason": "bridge_restart"},
+            actor="bridge",
+        )
 
 
 async def _mcp(request: web.Request) -> web.StreamResponse:
@@ -350,6 +397,13 @@ async def _health(request: web.Request) -> web.Response:
             },
             "sessions": bridge.presence.counts(),
             "open_requests": len(bridge.requests.open),
+            "node": {
+                "id": bridge.settings.node,
+                # positions committed (by any bridge) not yet applied to this one's state
+                "behind_head": max(0, head.position - bridge.log.applied),
+                "peers": bridge.nodes.peers() if bridge.nodes is not None else [],
+                "remote_sessions": bridge.presence.remote_counts(),
+            },
         }
     )
 

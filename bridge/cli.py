@@ -24,6 +24,7 @@ from .config import (
     env_database_url,
     env_redis_url,
     env_url,
+    valid_node_id,
 )
 from .display import printable, table
 from .observability import configure_logging
@@ -204,6 +205,7 @@ def _serve(args: argparse.Namespace, serve: Callable[[Settings], None]) -> None:
             redis_url=args.redis_url or env_redis_url(),
             redis_prefix=args.redis_prefix,
             key_dir=Path(args.key_dir) if args.key_dir else None,
+            node_id=_node_id(args.node_id),
             synchronous=args.synchronous,
             admin_token=env_admin_token(),
             elicitation_default=not args.no_elicitation,
@@ -230,6 +232,12 @@ def _serve(args: argparse.Namespace, serve: Callable[[Settings], None]) -> None:
             checkpoint_file=Path(args.checkpoint_file) if args.checkpoint_file else None,
         )
     )
+
+
+def _node_id(node: str | None) -> str | None:
+    if node is not None and not valid_node_id(node):
+        raise CliError("--node-id must be 1-48 of A-Z a-z 0-9 _ -", EXIT_USAGE)
+    return node
 
 
 def _metrics_token(path: str | None) -> str | None:
@@ -548,6 +556,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--redis-prefix",
         default="lighthouse:",
         help="key prefix in Redis (one per deployment sharing the server)",
+    )
+    s.add_argument(
+        "--node-id",
+        help="this bridge's name among bridges sharing one store; starts its session ids "
+        "(default HOST-PORT, stable across restarts)",
     )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)

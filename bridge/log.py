@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from events import ANY_VERSION, EventStore, NewEvent, StoreError
@@ -42,6 +42,9 @@ class Log:
         self._watermark = 0  # every position <= watermark has been applied
         self._above: set[int] = set()
         self._follower: asyncio.Task[None] | None = None
+        # Called with each fact the follower applied (another bridge's append, or one of
+        # ours it saw first): how a bridge reacts to work routed to it by its peers.
+        self.on_followed: list[Callable[[Fact], None]] = []
 
     @property
     def applied(self) -> int:
@@ -64,11 +67,26 @@ class Log:
         while True:
             try:
                 async for r in self.store.subscribe(self._watermark + 1):
-                    self._apply(Fact(r.position, r.stream, r.type, r.data, r.actor, r.time))
+                    fact = Fact(r.position, r.stream, r.type, r.data, r.actor, r.time)
+                    if self._apply(fact):
+                        for observer in self.on_followed:
+                            try:
+                                observer(fact)
+                            except Exception:  # one observer's bug must not stop following
+                                log.exception("observer of followed facts failed")
                 return  # the store closed
             except StoreError as exc:  # e.g. the database is unreachable: catch up later
                 log.warning("following the shared log paused: %s", exc)
                 await asyncio.sleep(_FOLLOW_RETRY_S)
+
+    async def catch_up(self, timeout_s: float = 2.0) -> None:
+        """Wait (bounded) until every position up to the store's head is applied here: after
+        a conflict, the fact that won is then in the projections."""
+        head = (await self.store.head()).position
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._watermark < head and loop.time() < deadline:
+            await asyncio.sleep(0.005)
 
     async def replay(self) -> int:
         """Rebuild every projection from the whole log; returns the number of facts."""
@@ -106,12 +124,13 @@ class Log:
         event = NewEvent(type=type_, data=data, actor=actor)
         return (await self.append(stream, [event]))[0]
 
-    def _apply(self, fact: Fact) -> None:
+    def _apply(self, fact: Fact) -> bool:
         if fact.position <= self._watermark or fact.position in self._above:
-            return  # an idempotent retry handed back positions already applied
+            return False  # an idempotent retry handed back positions already applied
         for projection in self._projections:
             projection.apply(fact)
         self._above.add(fact.position)
         while self._watermark + 1 in self._above:
             self._watermark += 1
             self._above.remove(self._watermark)
+        return True
