@@ -61,7 +61,7 @@ from .metrics import Metrics
 from .nodes import PostgresNodes, SoloNodes
 from .observability import EventLogger
 from .refusals import RefusalLedger
-from .routing import Requests, Router
+from .routing import Limits, Requests, Router
 from .sessions import Presence
 from .tools import AgentTools
 
@@ -179,6 +179,12 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
         metrics,
         default_timeout_s=settings.default_timeout_s,
         max_timeout_s=settings.max_timeout_s,
+        limits=Limits(
+            max_content_bytes=settings.max_content_bytes,
+            max_open_per_caller=settings.max_open_per_caller,
+            max_open_per_recipient=settings.max_open_per_recipient,
+            max_fanout=settings.max_fanout,
+        ),
         nodes=nodes,
     )
     event_log.on_followed.append(router.on_followed)
@@ -329,6 +335,9 @@ def _bridge_ctx(settings: Settings) -> Any:
             moved = await bridge.router.adopt_open_requests()
             if moved:
                 log.info("moved %d elicitations of the previous run to the legacy path", moved)
+            bridge.router.spawn(
+                bridge.mailboxes.expire_forever(bridge.log, settings.message_retention_s)
+            )
             endpoint.start()
             yield
         finally:

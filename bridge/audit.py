@@ -42,7 +42,7 @@ from .refusals import refusal_count
 if TYPE_CHECKING:
     from .app import Bridge
 
-AGENT_FIELDS = ("from", "to", "recipient", "by", "agent")
+AGENT_FIELDS = ("from", "to", "recipient", "recipients", "by", "agent")
 """Data fields that name an agent: an agent filter matches these as well as the actor."""
 SECURITY_TYPES = (AUTH_REJECTED, RATE_LIMITED, ADMIN_AUTH_FAILED, FLAG_CHANGED)
 DEFAULT_API_LIMIT, MAX_API_LIMIT = 1000, 10_000

@@ -223,6 +223,11 @@ def _serve(args: argparse.Namespace, serve: Callable[[Settings], None]) -> None:
             guard_min_samples=args.guard_min_samples,
             trusted_proxies=tuple(args.trusted_proxy),
             allowed_origins=tuple(args.allowed_origin),
+            max_content_bytes=args.max_content_bytes,
+            max_open_per_caller=args.max_open_per_caller,
+            max_open_per_recipient=args.max_open_per_recipient,
+            max_fanout=args.max_fanout,
+            message_retention_s=args.message_retention,
             refusal_window_s=args.refusal_window,
             refusal_burst=args.refusal_burst,
             max_connections_per_address=args.max_connections_per_address,
@@ -640,6 +645,41 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         default=[],
         metavar="ORIGIN",
         help="browser Origin allowed besides the bound host (repeatable)",
+    )
+    s.add_argument(
+        "--max-content-bytes",
+        type=int,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="largest message, question (with its schema) or answer (default 65536)",
+    )
+    s.add_argument(
+        "--max-open-per-caller",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open requests one agent may have asked (default 256)",
+    )
+    s.add_argument(
+        "--max-open-per-recipient",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="open requests waiting on one agent (default 1024)",
+    )
+    s.add_argument(
+        "--max-fanout",
+        type=int,
+        default=64,
+        metavar="N",
+        help="recipients one role:/capability: message may reach (default 64)",
+    )
+    s.add_argument(
+        "--message-retention",
+        type=float,
+        default=7 * 86400.0,
+        metavar="SECONDS",
+        help="unacknowledged messages expire (recorded) after this (default 7 days)",
     )
     s.add_argument(
         "--refusal-window",

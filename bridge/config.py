@@ -69,6 +69,12 @@ class Settings:
     default_timeout_s: float = 60.0
     max_timeout_s: float = 3600.0
     shutdown_grace_s: float = 10.0
+    # limits on open work and payloads (see bridge.routing.Limits)
+    max_content_bytes: int = 64 * 1024
+    max_open_per_caller: int = 256
+    max_open_per_recipient: int = 1024
+    max_fanout: int = 64
+    message_retention_s: float = 7 * 86400.0
     # guard (auto-rollback)
     guard_error_rate: float = 0.05
     guard_p99_ms: float = 1000.0

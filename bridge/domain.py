@@ -7,6 +7,8 @@ rebuilt from them. Data never carries secret material.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Final, NamedTuple
 
@@ -22,6 +24,7 @@ SESSION_CLOSED: Final = "SessionClosed"
 MESSAGE_SENT: Final = "MessageSent"
 MESSAGE_DELIVERED: Final = "MessageDelivered"
 MAILBOX_ACKNOWLEDGED: Final = "MailboxAcknowledged"
+MAILBOX_ITEMS_EXPIRED: Final = "MailboxItemsExpired"
 # Requests (`ask`)
 REQUEST_CREATED: Final = "RequestCreated"
 REQUEST_ROUTED: Final = "RequestRouted"
@@ -78,6 +81,17 @@ def valid_request_id(value: object) -> bool:
     1-64 of ``[A-Za-z0-9_-]``. Checked where ids enter (tool arguments) so that an id in a
     stream name, an event or a terminal line can never carry control characters."""
     return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
+
+
+def digest(value: object, limit: int = 64) -> dict[str, object]:
+    """A bounded stand-in for what a refused caller sent: its size, its SHA-256 and a short
+    escaped prefix, so the audit trail shows what came without storing the payload."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+    else:
+        raw = json.dumps(value, sort_keys=True, default=repr).encode()
+    sample = raw[:limit].decode("utf-8", "replace").encode("unicode_escape").decode("ascii")
+    return {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(), "sample": sample}
 
 
 def agent_stream(agent: str) -> str:

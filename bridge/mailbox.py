@@ -5,18 +5,26 @@ delivery event naming the session; the same session's next `wait_for_messages` c
 acknowledges what it was given (or an explicit ack does). A client that vanishes between
 hand-out and its next call therefore gets the item again from a new session: polling never
 "eats" mail, and every hand-out is in the log.
+
+Hand-out is fair: items are taken round-robin by sender, so one agent flooding a mailbox
+cannot starve the others. A broadcast's content is stored once (one MessageSent naming all
+recipients) and shared by their items; messages nobody acknowledges within the retention
+are expired by an appended MailboxItemsExpired fact, never dropped silently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .domain import (
     AGENT_REVOKED,
     MAILBOX_ACKNOWLEDGED,
+    MAILBOX_ITEMS_EXPIRED,
     MESSAGE_DELIVERED,
     MESSAGE_SENT,
     REQUEST_DELIVERED,
@@ -24,7 +32,35 @@ from .domain import (
     REQUEST_ROUTED,
     TERMINAL_TYPES,
     Fact,
+    digest,
+    mailbox_stream,
 )
+
+if TYPE_CHECKING:
+    from .log import Log
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_ACK_ITEMS = 1000
+DEFAULT_RETENTION_S = 7 * 86400.0
+
+
+def fair(items: Iterable[T], sender: Callable[[T], str], limit: int) -> list[T]:
+    """`items` (oldest first) taken round-robin by sender, so a sender with a thousand items
+    queued cannot push another sender's one item past the first hand-out."""
+    queues: dict[str, list[T]] = {}
+    for item in items:
+        queues.setdefault(sender(item), []).append(item)
+    out: list[T] = []
+    depth = 0
+    while len(out) < limit:
+        row = [q[depth] for q in queues.values() if len(q) > depth]
+        if not row:
+            break
+        out.extend(row)
+        depth += 1
+    return out[:limit]
 
 
 @dataclass(slots=True)
@@ -50,8 +86,7 @@ class Mailboxes:
 
     def __init__(self) -> None:
         self._boxes: dict[str, Mailbox] = {}
-        self._requests: dict[str, dict[str, Any]] = {}  # request id -> created data
-        self._closed_requests: set[str] = set()
+        self._requests: dict[str, dict[str, Any]] = {}  # open request id -> created data
 
     def box(self, agent: str) -> Mailbox:
         box = self._boxes.get(agent)
@@ -62,21 +97,22 @@ class Mailboxes:
     def apply(self, fact: Fact) -> None:
         data = fact.data
         if fact.type == MESSAGE_SENT:
-            self._add(
-                data["to"],
-                MailItem(
-                    data["message_id"],
-                    "message",
-                    fact.position,
-                    {
-                        "kind": "message",
-                        "message_id": data["message_id"],
-                        "from": data["from"],
-                        "content": data["content"],
-                        "sent_at": fact.time,
-                    },
-                ),
+            # one item object shared by every recipient of a broadcast (older logs: one
+            # MessageSent per recipient, `to` naming it)
+            item = MailItem(
+                data["message_id"],
+                "message",
+                fact.position,
+                {
+                    "kind": "message",
+                    "message_id": data["message_id"],
+                    "from": data["from"],
+                    "content": data["content"],
+                    "sent_at": fact.time,
+                },
             )
+            for agent in data.get("recipients") or [data["to"]]:
+                self._add(agent, item)
         elif fact.type == "RequestCreated":
             self._requests[data["request_id"]] = data
         elif (fact.type == REQUEST_ROUTED and data["path"] == "legacy") or (
@@ -95,6 +131,10 @@ class Mailboxes:
             for item in data["items"]:
                 box.items.pop(item, None)
             box.handed.pop(data["session_id"], None)
+        elif fact.type == MAILBOX_ITEMS_EXPIRED:
+            box = self.box(data["agent"])
+            for item in data["items"]:
+                box.items.pop(item, None)
         elif fact.type == AGENT_REVOKED:
             self.box(data["agent"]).wake()
 
@@ -105,7 +145,7 @@ class Mailboxes:
 
     def _queue_request(self, request_id: str, recipient: str, position: int) -> None:
         created = self._requests.get(request_id)
-        if created is None or request_id in self._closed_requests:
+        if created is None:  # unknown, or closed already
             return
         self._add(
             recipient,
@@ -125,7 +165,6 @@ class Mailboxes:
         )
 
     def _close_request(self, request_id: str) -> None:
-        self._closed_requests.add(request_id)
         created = self._requests.pop(request_id, None)
         if created is not None:
             box = self._boxes.get(created["recipient"])
@@ -144,7 +183,73 @@ class Mailboxes:
             if item.kind == "message" or item.payload["deadline"] > now
         ]
         live.sort(key=lambda item: item.position)
-        return live[:limit]
+        return fair(live, lambda item: item.payload["from"], limit)
+
+    def acknowledgement(self, agent: str, session_key: str, ack: object) -> dict[str, Any] | None:
+        """The MailboxAcknowledged data for a `wait_for_messages` call, or None.
+
+        `ack` (explicit ids) or else what this session was handed last. Only ids that are in
+        the mailbox are stored; anything else the caller sent is kept as a bounded digest.
+        Raises ValueError for an `ack` that is not a list of strings."""
+        if ack is None:
+            items = self.handed_to(agent, session_key)
+            unknown: list[object] = []
+        else:
+            if not isinstance(ack, list) or len(ack) > MAX_ACK_ITEMS:
+                raise ValueError(f"ack: must be a list of at most {MAX_ACK_ITEMS} item ids")
+            box = self._boxes.get(agent)
+            held = box.items if box is not None else {}
+            items = [i for i in ack if isinstance(i, str) and i in held]
+            unknown = [i for i in ack if not (isinstance(i, str) and i in held)]
+        if not items and not unknown:
+            return None
+        data: dict[str, Any] = {"agent": agent, "session_id": session_key, "items": items}
+        if unknown:
+            data["unknown"] = {"count": len(unknown), **digest(unknown)}
+        return data
+
+    def expired(self, now: float, retention_s: float) -> dict[str, list[str]]:
+        """Messages older than the retention, per mailbox (requests leave at their deadline)."""
+        cutoff = now - retention_s
+        found: dict[str, list[str]] = {}
+        for agent, box in self._boxes.items():
+            old = [
+                i.item_id
+                for i in box.items.values()
+                if i.kind == "message" and i.payload["sent_at"] < cutoff
+            ]
+            if old:
+                found[agent] = old
+        return found
+
+    async def expire(self, log: Log, retention_s: float, now: float | None = None) -> int:
+        """Record the expiry of every message past its retention; returns how many."""
+        count = 0
+        for agent, items in self.expired(now or time.time(), retention_s).items():
+            for start in range(0, len(items), MAX_ACK_ITEMS):
+                chunk = items[start : start + MAX_ACK_ITEMS]
+                await log.record(
+                    mailbox_stream(agent),
+                    MAILBOX_ITEMS_EXPIRED,
+                    {
+                        "agent": agent,
+                        "items": chunk,
+                        "reason": "retention",
+                        "retention_s": retention_s,
+                    },
+                )
+                count += len(chunk)
+        return count
+
+    async def expire_forever(self, log: Log, retention_s: float) -> None:
+        """The retention sweep of a running bridge (a failed write is retried next round)."""
+        interval = min(60.0, max(1.0, retention_s / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.expire(log, retention_s)
+            except Exception as exc:  # a full disk: the items stay until the next round
+                log.warning("mailbox retention sweep failed: %s", exc)
 
     def handed_to(self, agent: str, session_id: str) -> list[str]:
         box = self._boxes.get(agent)

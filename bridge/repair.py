@@ -417,10 +417,12 @@ def _drift(snap: Snapshot, live: Requests) -> list[str]:
     """
     found = []
     for request_id in snap.requests.open:
+        # (live.closed is bounded, but a request closed after the snapshot is among the
+        # most recent closes the index keeps)
         if request_id not in live.open and request_id not in live.closed:
             found.append(f"{request_id}: open in the log, unknown to the running bridge")
-    for request_id in snap.requests.closed:
-        if request_id in live.open:
+    for request_id, req in live.open.items():
+        if req.position <= snap.head and request_id not in snap.requests.open:
             found.append(f"{request_id}: closed in the log, open in the running bridge")
     return found
 
@@ -785,6 +787,13 @@ _LABELS: Final[dict[str, str]] = {
 }
 
 
+def _left(r: Resolution) -> str:
+    """For a request left open: how long until its deadline (the one it keeps)."""
+    if r.action not in ("pending", "in_flight"):
+        return ""
+    return f"  (deadline in {max(0, round(r.deadline - time.time()))} s)"
+
+
 def render(report: RepairReport, where: str) -> str:
     """The human table: what was found, what was (or would be) done, with request ids."""
     verb = "would be " if report.dry_run else ""
@@ -816,7 +825,7 @@ def render(report: RepairReport, where: str) -> str:
         if action in ("fall_back", "expire") and report.dry_run:
             label = f"{verb}{label}"
         lines.append(f"  {label:<32} {len(found)}")
-        lines += [f"    {r.request_id}  {r.recipient}  {r.reason}" for r in found]
+        lines += [f"    {r.request_id}  {r.recipient}  {r.reason}{_left(r)}" for r in found]
     lines.append(f"  {verb + 'closed stale sessions':<32} {len(report.sessions_closed)}")
     lines += [f"    {sid}" for sid in report.sessions_closed]
     lines += [f"  drift: {d}" for d in report.drift]

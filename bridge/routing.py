@@ -20,18 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import time
 import uuid
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from events import NewEvent, WrongExpectedVersion
+from events import NewEvent, Record, StoreError, WrongExpectedVersion
 from security import AgentInfo, KeyRegistry
 
 from .display import printable
 from .domain import (
     ANSWER_REJECTED,
+    MESSAGE_SENT,
     REQUEST_CREATED,
     REQUEST_DELIVERED,
     REQUEST_FELL_BACK,
@@ -41,11 +45,14 @@ from .domain import (
     TERMINAL_BY_ACTION,
     TERMINAL_TYPES,
     Fact,
+    digest,
+    message_stream,
     request_stream,
     valid_request_id,
 )
 from .flags import Flags, FlagState
 from .log import Log
+from .mailbox import fair
 from .mcp import PushFailed
 from .metrics import Metrics
 from .nodes import SoloNodes
@@ -56,6 +63,10 @@ log = logging.getLogger(__name__)
 
 
 STREAM_WAIT_S = 2.0
+MAX_GET_WAIT_S = 25.0
+# How long a failed write of a timeout waits before its next try (doubling up to the cap).
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 30.0
 
 
 class AskError(ValueError):
@@ -70,9 +81,64 @@ class AnswerRefused(Exception):
         self.reason = reason
 
 
+def refusal_text(exc: BaseException) -> str | None:
+    """The tool-error text for an exception a tool call may end with; None for a bug.
+
+    Protocol-independent, so every MCP endpoint words refusals the same way."""
+    if isinstance(exc, AskError):
+        return str(exc)
+    if isinstance(exc, AnswerRefused):
+        return f"{exc.reason}: {exc}"
+    if isinstance(exc, StoreError):
+        later = f"retry in {exc.retry_after:g} s" if exc.retry_after else "retry later"
+        return (
+            f"store_unavailable ({exc.reason}): the event store cannot record this now; "
+            f"nothing was recorded, {later}"
+        )
+    return None
+
+
+CLOSED_INDEX = 10_000  # recently closed request ids kept in memory; older ones: the log
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps that keep one agent from taking memory, the log or a recipient from others."""
+
+    max_content_bytes: int = 64 * 1024  # a message, a question (with its schema), an answer
+    max_open_per_caller: int = 256
+    max_open_per_recipient: int = 1024
+    max_fanout: int = 64  # recipients of one role:/capability: message
+    closed_index: int = CLOSED_INDEX
+
+
+def encoded_size(value: object) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    return len(json.dumps(value, separators=(",", ":"), default=repr).encode())
+
+
+def fingerprint(to: str, message: str, schema: object, timeout_s: float) -> str:
+    """What makes two asks with one `request_id` the same ask (compared on re-attach)."""
+    raw = json.dumps([to, message, schema, float(timeout_s)], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def terminal_result(request_id: str, terminal: str, data: dict[str, Any], path: str) -> dict:
+    return {
+        "request_id": request_id,
+        "status": STATUS_BY_TERMINAL[terminal],
+        "content": data.get("content"),
+        "path": data.get("path") or path,
+    }
+
+
 @dataclass(slots=True)
 class OpenRequest:
-    """A request without a terminal fact yet (a projection of its stream)."""
+    """A request without a terminal fact yet (a projection of its stream).
+
+    Small on purpose: message and schema are bounded by `Limits.max_content_bytes` and
+    shared with the mailbox item; everything else is a few scalars."""
 
     request_id: str
     caller: str
@@ -82,9 +148,12 @@ class OpenRequest:
     deadline: float
     created_at: float
     path: str = "legacy"
+    fingerprint: str = ""
+    position: int = 0
     closing: bool = False
     falling_back: bool = False  # a RequestFellBack is being recorded
     answer: asyncio.Future[dict[str, Any]] | None = None
+    changed: asyncio.Event | None = None  # set (and dropped) at the next fact of this request
     delivery: asyncio.Task[None] | None = None
     offered: bool = False  # handed to a 2026-07-28 wait call
     elicitation_rounds: int = 0
@@ -92,13 +161,27 @@ class OpenRequest:
     version: int = 0  # facts in its stream so far: the terminal append expects it
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def result_future(self) -> asyncio.Future[dict[str, Any]]:
+        if self.answer is None:
+            self.answer = asyncio.get_running_loop().create_future()
+        return self.answer
+
+    def notify(self) -> None:
+        changed, self.changed = self.changed, None
+        if changed is not None:
+            changed.set()
+
 
 class Requests:
-    """Projection: the open requests and how each closed (for late-answer refusals)."""
+    """Projection: the open requests, per-agent counts of them, and a bounded index of the
+    most recently closed (older closed requests are looked up in the log)."""
 
-    def __init__(self) -> None:
+    def __init__(self, closed_index: int = CLOSED_INDEX) -> None:
         self.open: dict[str, OpenRequest] = {}
-        self.closed: dict[str, str] = {}  # request id -> terminal type
+        self.closed: OrderedDict[str, str] = OrderedDict()  # request id -> terminal type
+        self.closed_index = closed_index
+        self.by_caller: Counter[str] = Counter()
+        self.by_recipient: Counter[str] = Counter()
 
     def apply(self, fact: Fact) -> None:
         data = fact.data
@@ -106,7 +189,7 @@ class Requests:
         if req is not None and fact.stream == request_stream(req.request_id):
             req.version += 1
         if fact.type == REQUEST_CREATED:
-            self.open[data["request_id"]] = OpenRequest(
+            req = OpenRequest(
                 data["request_id"],
                 data["from"],
                 data["recipient"],
@@ -114,34 +197,43 @@ class Requests:
                 data["schema"],
                 data["deadline"],
                 fact.time,
+                fingerprint=fingerprint(
+                    data["to"], data["message"], data["schema"], data["timeout_s"]
+                ),
+                position=fact.position,
                 version=1,
             )
+            self.open[req.request_id] = req
+            self.by_caller[req.caller] += 1
+            self.by_recipient[req.recipient] += 1
         elif fact.type in (REQUEST_ROUTED, REQUEST_FELL_BACK):
             if req is not None:
                 req.path = data.get("path", "legacy")
                 req.node = data.get("node") if req.path == "elicitation" else None
+                req.notify()
         elif fact.type in TERMINAL_TYPES:
-            self.closed[data["request_id"]] = fact.type
-            closed = self.open.pop(data["request_id"], None)
-            if closed is not None:
-                _settle(closed, fact)
-
-
-def _settle(req: OpenRequest, fact: Fact) -> None:
-    """A terminal fact, written here or by another bridge, ends the request's local life:
-    the waiting `ask` gets its result and a push still pending is stopped."""
-    if req.delivery is not None and req.delivery is not asyncio.current_task():
-        req.delivery.cancel()
-    if req.answer is not None and not req.answer.done():
-        data = fact.data
-        req.answer.set_result(
-            {
-                "request_id": req.request_id,
-                "status": STATUS_BY_TERMINAL[fact.type],
-                "content": data.get("content"),
-                "path": data.get("path", req.path),
-            }
-        )
+            request_id = data["request_id"]
+            self.closed[request_id] = fact.type
+            self.closed.move_to_end(request_id)
+            while len(self.closed) > self.closed_index:
+                self.closed.popitem(last=False)
+            req = self.open.pop(request_id, None)
+            if req is None:
+                return
+            for counter, agent in (
+                (self.by_caller, req.caller),
+                (self.by_recipient, req.recipient),
+            ):
+                counter[agent] -= 1
+                if counter[agent] <= 0:
+                    del counter[agent]
+            if req.delivery is not None and req.delivery is not asyncio.current_task():
+                req.delivery.cancel()  # e.g. another bridge's answer ends our pending push
+            # Every way a request closes (answer, timeout, repair) ends here: waiting askers
+            # and get_request long-polls are released by the fact itself.
+            if req.answer is not None and not req.answer.done():
+                req.answer.set_result(terminal_result(request_id, fact.type, data, req.path))
+            req.notify()
 
 
 # Causes after which the pending push cannot complete; after the others (the flag, a drain)
@@ -163,6 +255,9 @@ def _now() -> float:
     return time.time()
 
 
+_UNKNOWN = "request_id: no such request"  # also for a request the caller may not read
+
+
 class Router:
     def __init__(
         self,
@@ -175,6 +270,7 @@ class Router:
         *,
         default_timeout_s: float = 60.0,
         max_timeout_s: float = 3600.0,
+        limits: Limits | None = None,
         nodes: SoloNodes | None = None,
     ) -> None:
         self.log = log_
@@ -188,6 +284,7 @@ class Router:
         self.metrics = metrics
         self.default_timeout_s = default_timeout_s
         self.max_timeout_s = max_timeout_s
+        self.limits = limits or Limits()
         self.draining = False
         self.stopping = False  # this bridge is shutting down: new asks are refused
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -199,15 +296,38 @@ class Router:
     # -- asking ---------------------------------------------------------------------------
 
     async def ask(
-        self, caller: str, to: str, message: str, schema: object, timeout_s: float | None
+        self,
+        caller: str,
+        to: str,
+        message: str,
+        schema: object,
+        timeout_s: float | None,
+        *,
+        request_id: str | None = None,
+        wait: bool = True,
     ) -> dict[str, Any]:
+        """Create a request and (with `wait`) return its outcome.
+
+        With a caller-chosen `request_id` the ask is idempotent: the same caller asking the
+        same thing again attaches to the request already recorded (no second
+        RequestCreated) and gets its outcome — at once if it has one."""
         started = time.perf_counter()
         if self.stopping:
             raise AskError("bridge_stopping: this bridge is shutting down; retry the ask shortly")
-        checked = self._check_ask(to, message, schema, timeout_s)
+        timeout = self._check_ask(to, message, schema, timeout_s)
+        if not isinstance(wait, bool):
+            raise AskError("wait: must be true or false")
+        if request_id is not None:
+            if not valid_request_id(request_id):
+                raise AskError("request_id: must be 1-64 characters of A-Z a-z 0-9 _ -")
+            mark = fingerprint(to, message, schema, timeout)
+            attached = await self._attach(caller, request_id, mark, wait)
+            if attached is not None:
+                return attached
+        else:
+            request_id, mark = uuid.uuid4().hex, ""
+        self._check_quota(caller)
         recipient = self._resolve(caller, to)
-        timeout = checked
-        request_id = uuid.uuid4().hex
         deadline = _now() + timeout
         path, reason = self._choose_path(recipient)
         node = self._push_node(recipient) if path == "elicitation" else None
@@ -245,24 +365,145 @@ class Router:
         self._mine.add(request_id)
         try:
             await self.log.append(request_stream(request_id), events, expected_version=0)
+        except WrongExpectedVersion:
+            self._mine.discard(request_id)
+            # the same id raced in from another call: attach to (or refuse) what won
+            attached = await self._attach(caller, request_id, mark, wait) if mark else None
+            if attached is None:
+                raise AskError("request_id: already used; choose another") from None
+            return attached
         except BaseException:
             self._mine.discard(request_id)
             raise
         if path == "legacy" and reason != "offline":
             self.metrics.fallbacks.labels(reason).inc()
         req = self.requests.open[request_id]
-        req.answer = asyncio.get_running_loop().create_future()
+        req.extra["asked_here"] = True  # this bridge moves it on if its pusher dies
         self._arm_timeout(req)
         if path == "elicitation" and node in (self.node, None):
             self._start_elicitation(req, target)
         self._mine.discard(request_id)
-        try:
-            result = await asyncio.shield(req.answer)
-        finally:
-            self._disarm(req)
+        if not wait:
+            return self._pending(req)
+        future = req.result_future()
+        # No disarm when the caller goes away: the request lives on, re-attachable, and its
+        # deadline timer is what closes it.
+        result = await asyncio.shield(future)
         self.metrics.asks.labels(result["path"], result["status"]).inc()
         self.metrics.ask_latency.labels(result["path"]).observe(time.perf_counter() - started)
         return result
+
+    async def _attach(
+        self, caller: str, request_id: str, mark: str, wait: bool
+    ) -> dict[str, Any] | None:
+        """The outcome (or pending state) of the caller's earlier ask with `request_id`;
+        None when no request has that id."""
+        req = self.requests.open.get(request_id)
+        if req is not None:
+            if req.caller != caller:
+                raise AskError("request_id: already used; choose another")
+            if req.fingerprint != mark:
+                raise AskError(
+                    "request_id: already used by your ask with different arguments "
+                    "(to, message, schema or timeout_s); use a new id for a new question"
+                )
+            if not wait:
+                return self._pending(req)
+            return await asyncio.shield(req.result_future())
+        records = await self._stream(request_id)
+        if not records:
+            return None
+        created = records[0].data
+        if records[0].type != REQUEST_CREATED or created.get("from") != caller:
+            raise AskError("request_id: already used; choose another")
+        theirs = fingerprint(
+            created["to"], created["message"], created["schema"], created["timeout_s"]
+        )
+        if theirs != mark:
+            raise AskError(
+                "request_id: already used by your ask with different arguments "
+                "(to, message, schema or timeout_s); use a new id for a new question"
+            )
+        return self._closed_view(records) or self._open_view(records)
+
+    async def _stream(self, request_id: str) -> list[Record]:
+        return await self.log.store.read_stream(request_stream(request_id))
+
+    def _pending(self, req: OpenRequest) -> dict[str, Any]:
+        return {
+            "request_id": req.request_id,
+            "status": "pending",
+            "content": None,
+            "path": req.path,
+            "from": req.caller,
+            "to": req.recipient,
+            "deadline": req.deadline,
+        }
+
+    @staticmethod
+    def _closed_view(records: list[Record]) -> dict[str, Any] | None:
+        created = records[0].data
+        path = "legacy"
+        for r in records:
+            if r.type in (REQUEST_ROUTED, REQUEST_FELL_BACK):
+                path = r.data.get("path", "legacy")
+            elif r.type in TERMINAL_TYPES:
+                return terminal_result(created["request_id"], r.type, r.data, path) | {
+                    "from": created["from"],
+                    "to": created["recipient"],
+                    "deadline": created["deadline"],
+                }
+        return None
+
+    @staticmethod
+    def _open_view(records: list[Record]) -> dict[str, Any]:
+        """A request open in the log but not in this process (another bridge's, or one
+        whose projection is a moment behind): pending with what the log says."""
+        created = records[0].data
+        path = "legacy"
+        for r in records:
+            if r.type in (REQUEST_ROUTED, REQUEST_FELL_BACK):
+                path = r.data.get("path", "legacy")
+        return {
+            "request_id": created["request_id"],
+            "status": "pending",
+            "content": None,
+            "path": path,
+            "from": created["from"],
+            "to": created["recipient"],
+            "deadline": created["deadline"],
+        }
+
+    async def get_request(self, caller: str, request_id: object, wait_s: object = 0) -> dict:
+        """Status, path and (once answered) the answer of a request `caller` asked or was
+        asked; `wait_s` long-polls until the request next changes. Anyone else gets the
+        same error as for an id that does not exist."""
+        if not isinstance(wait_s, int | float) or isinstance(wait_s, bool):
+            raise AskError(f"wait_s: must be a number from 0 to {MAX_GET_WAIT_S:g}")
+        if not 0 <= wait_s <= MAX_GET_WAIT_S:
+            raise AskError(f"wait_s: must be a number from 0 to {MAX_GET_WAIT_S:g}")
+        if not valid_request_id(request_id):
+            raise AskError(_UNKNOWN)
+        assert isinstance(request_id, str)
+        req = self.requests.open.get(request_id)
+        if req is not None:
+            if caller not in (req.caller, req.recipient):
+                raise AskError(_UNKNOWN)
+            if wait_s > 0:
+                if req.changed is None:
+                    req.changed = asyncio.Event()
+                changed = req.changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), wait_s)
+            if request_id in self.requests.open:
+                return self._pending(self.requests.open[request_id])
+        records = await self._stream(request_id)
+        if not records or records[0].type != REQUEST_CREATED:
+            raise AskError(_UNKNOWN)
+        created = records[0].data
+        if caller not in (created.get("from"), created.get("recipient")):
+            raise AskError(_UNKNOWN)
+        return self._closed_view(records) or self._open_view(records)
 
     def _check_ask(self, to: str, message: str, schema: object, timeout_s: float | None) -> float:
         if not isinstance(to, str) or not to:
@@ -273,10 +514,28 @@ class Router:
             check_schema(schema)
         except ValueError as exc:
             raise AskError(str(exc)) from None
+        size = encoded_size(message) + encoded_size(schema)
+        if size > self.limits.max_content_bytes:
+            raise AskError(
+                f"message: the question (message and schema) is {size} bytes, more than the "
+                f"limit of {self.limits.max_content_bytes}"
+            )
         timeout = self.default_timeout_s if timeout_s is None else timeout_s
-        if not isinstance(timeout, int | float) or not 0 < timeout <= self.max_timeout_s:
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= self.max_timeout_s
+        ):
             raise AskError(f"timeout_s: must be > 0 and <= {self.max_timeout_s:g}")
         return float(timeout)
+
+    def _check_quota(self, caller: str) -> None:
+        held = self.requests.by_caller[caller]
+        if held >= self.limits.max_open_per_caller:
+            raise AskError(
+                f"quota: you have {held} open requests, the limit per caller; wait for "
+                "answers or timeouts before asking more"
+            )
 
     def matching(self, caller: str, to: str) -> list[AgentInfo]:
         """Live agents that `to` names: one agent, or every holder of `role:`/`capability:`
@@ -298,14 +557,32 @@ class Router:
             raise AskError(f"to: unknown or revoked agent {to!r}")
         return [info]
 
+    def fan_out(self, caller: str, to: str) -> list[str]:
+        """Recipients of a message to `to`, refused above the fan-out cap."""
+        found = [a.agent for a in self.matching(caller, to)]
+        if len(found) > self.limits.max_fanout:
+            raise AskError(
+                f"to: {to} names {len(found)} agents, more than the fan-out limit of "
+                f"{self.limits.max_fanout}; address a narrower role"
+            )
+        return found
+
     def _resolve(self, caller: str, to: str) -> str:
-        """One recipient: an online match if any, the least loaded among them."""
+        """One recipient: an online match if any, the least loaded among them; recipients
+        at their open-request cap are skipped, and when all are, the ask is refused."""
         matches = self.matching(caller, to)
-        online = [a for a in matches if self.presence.online(a.agent)]
-        return min(online or matches, key=lambda a: self._load(a.agent)).agent
+        cap = self.limits.max_open_per_recipient
+        free = [a for a in matches if self.requests.by_recipient[a.agent] < cap]
+        if not free:
+            raise AskError(
+                f"quota: {to} has {cap} open requests waiting, the limit per recipient; "
+                "try again later"
+            )
+        online = [a for a in free if self.presence.online(a.agent)]
+        return min(online or free, key=lambda a: self._load(a.agent)).agent
 
     def _load(self, agent: str) -> int:
-        return sum(1 for r in self.requests.open.values() if r.recipient == agent)
+        return self.requests.by_recipient[agent]
 
     def _choose_path(self, recipient: str) -> tuple[str, str]:
         if not (self.presence.online(recipient)):
@@ -320,36 +597,104 @@ class Router:
             return "legacy", "no_capability"
         return "elicitation", "eligible"
 
+    # -- messages -------------------------------------------------------------------------
+
+    async def send_message(self, sender: str, to: str, content: object) -> dict[str, Any]:
+        """One MessageSent holding the content once, naming every recipient."""
+        if not isinstance(content, str) or not content:
+            raise AskError("content: must be a non-empty string")
+        size = encoded_size(content)
+        if size > self.limits.max_content_bytes:
+            raise AskError(
+                f"content: {size} bytes, more than the limit of {self.limits.max_content_bytes}"
+            )
+        if not isinstance(to, str) or not to:
+            raise AskError("to: must name an agent, role:NAME or capability:NAME")
+        recipients = self.fan_out(sender, to)
+        message_id = uuid.uuid4().hex
+        await self.log.append(
+            message_stream(message_id),
+            [
+                NewEvent(
+                    type=MESSAGE_SENT,
+                    data={
+                        "message_id": message_id,
+                        "from": sender,
+                        "to": to,
+                        "recipients": recipients,
+                        "content": content,
+                    },
+                    actor=sender,
+                )
+            ],
+            expected_version=0,
+        )
+        return {
+            "message_id": message_id,
+            "delivered_to": [
+                {"agent": r, "status": "queued", "online": self.presence.online(r)}
+                for r in recipients
+            ],
+        }
+
     # -- timeouts -------------------------------------------------------------------------
 
     def _arm_timeout(self, req: OpenRequest) -> None:
         delay = max(0.0, req.deadline - _now())
         loop = asyncio.get_running_loop()
-        self._timers[req.request_id] = loop.call_later(
-            delay, lambda: self._spawn(self._expire(req))
-        )
+        self._timers[req.request_id] = loop.call_later(delay, lambda: self.spawn(self._expire(req)))
 
     def _disarm(self, req: OpenRequest) -> None:
         timer = self._timers.pop(req.request_id, None)
         if timer is not None:
             timer.cancel()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """A background task whose failure is logged, never left unretrieved."""
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._finished)
         return task
 
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
     async def _expire(self, req: OpenRequest) -> None:
-        with contextlib.suppress(AnswerRefused):
-            await self._close(
-                req,
-                REQUEST_TIMED_OUT,
-                {"request_id": req.request_id},
-                "bridge",
-                path=req.path,
-                content=None,
-            )
+        """Close `req` as timed out. The caller is told at the deadline even when the store
+        cannot be written: the claim is taken first (later answers are refused), the asker
+        gets the timeout, and the write is retried with backoff until the store takes it
+        (or repair, finding the deadline passed, records the expiry)."""
+        self._timers.pop(req.request_id, None)
+        if req.closing or req.request_id not in self.requests.open:
+            return  # an answer is being recorded; if it fails, _close re-expires
+        req.closing = True
+        data = {"request_id": req.request_id}
+        delay = RETRY_FIRST_S
+        while req.request_id in self.requests.open:
+            try:
+                await self.log.record(
+                    request_stream(req.request_id), REQUEST_TIMED_OUT, data, actor="bridge"
+                )
+                break
+            except StoreError as exc:
+                if req.answer is None or not req.answer.done():
+                    req.result_future().set_result(
+                        terminal_result(req.request_id, REQUEST_TIMED_OUT, data, req.path)
+                    )
+                    log.warning(
+                        "timeout of request %s not recorded (%s); retrying", req.request_id, exc
+                    )
+                self.metrics.tool_calls.labels("timeout_write", "retry").inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        self._after_close(req)
+
+    def _after_close(self, req: OpenRequest) -> None:
+        self._disarm(req)
+        if req.delivery is not None and req.delivery is not asyncio.current_task():
+            req.delivery.cancel()
 
     # -- answering ------------------------------------------------------------------------
 
@@ -359,13 +704,14 @@ class Router:
         """Accept one answer for an open request, or refuse it and record why."""
         if not valid_request_id(request_id):
             refused = AnswerRefused("bad_request_id", "request_id must be 1-64 of A-Z a-z 0-9 _ -")
-            await self._record_refusal(printable(str(request_id))[:80], by, path, refused, None)
+            await self._record_refusal(request_id, False, by, path, refused, content)
             raise refused
         req = self.requests.open.get(request_id)
+        known = req is not None or await self._was_created(request_id)
         try:
-            terminal = self._check_answer(req, request_id, by, action, content)
+            terminal = self._check_answer(req, known, by, action, content)
         except AnswerRefused as refused:
-            await self._record_refusal(request_id, by, path, refused, content)
+            await self._record_refusal(request_id, known, by, path, refused, content)
             raise
         assert req is not None
         offered_at = req.extra.pop("offered_at", None)
@@ -378,19 +724,32 @@ class Router:
             req, terminal, data, by, path=path, content=content if action == "accept" else None
         )
 
+    async def _was_created(self, request_id: str) -> bool:
+        """Whether the log has the request: the bounded index first, then its stream."""
+        if request_id in self.requests.closed:
+            return True
+        return bool(await self.log.store.read_stream(request_stream(request_id), limit=1))
+
     def _check_answer(
-        self, req: OpenRequest | None, request_id: str, by: str, action: str, content: object
+        self, req: OpenRequest | None, known: bool, by: str, action: str, content: object
     ) -> str:
         if req is None or req.closing:
-            if request_id in self.requests.closed or (req is not None and req.closing):
+            if known:
                 raise AnswerRefused("already_closed", "this request already has its answer")
-            raise AnswerRefused("unknown_request", f"no request {request_id!r}")
+            raise AnswerRefused("unknown_request", "no such request")
         if by != req.recipient:
             raise AnswerRefused("not_recipient", "only the request's recipient may answer it")
         terminal = TERMINAL_BY_ACTION.get(action)
         if terminal is None:
             raise AnswerRefused("bad_action", "action must be accept, decline or cancel")
         if action == "accept":
+            size = encoded_size(content)
+            if size > self.limits.max_content_bytes:
+                raise AnswerRefused(
+                    "too_large",
+                    f"content is {size} bytes, more than the limit of "
+                    f"{self.limits.max_content_bytes}",
+                )
             try:
                 check_content(req.schema, content)
             except ContentError as exc:
@@ -398,7 +757,9 @@ class Router:
                     "invalid_content", f"content does not match schema: {exc}"
                 ) from None
             except Exception as exc:  # a schema stored before its keywords were type-checked
-                log.warning("request %s: its schema cannot check an answer: %r", request_id, exc)
+                log.warning(
+                    "request %s: its schema cannot check an answer: %r", req.request_id, exc
+                )
                 raise AnswerRefused(
                     "unusable_schema",
                     "the request's schema cannot check an answer; decline or cancel it",
@@ -406,26 +767,32 @@ class Router:
         return terminal
 
     async def _record_refusal(
-        self, request_id: str, by: str, path: str, refused: AnswerRefused, content: object
+        self,
+        request_id: object,
+        known: bool,
+        by: str,
+        path: str,
+        refused: AnswerRefused,
+        content: object,
     ) -> None:
-        stream = (
-            request_stream(request_id)
-            if request_id in self.requests.open or request_id in self.requests.closed
-            else "requests-unknown"
-        )
-        await self.log.record(
-            stream,
-            ANSWER_REJECTED,
-            {
-                "request_id": request_id,
-                "by": by,
-                "path": path,
-                "reason": refused.reason,
-                "detail": str(refused),
-                "content": content,
-            },
-            actor=by,
-        )
+        """Record the refusal with a bounded digest of what was sent, never the payload."""
+        data: dict[str, Any] = {
+            "request_id": request_id
+            if valid_request_id(request_id)
+            else printable(str(request_id))[:80],
+            "by": by,
+            "path": path,
+            "reason": refused.reason,
+            "detail": str(refused)[:300],
+            "content": None if content is None else digest(content),
+        }
+        if not valid_request_id(request_id):
+            data["request_id_digest"] = digest(request_id)
+        stream = request_stream(str(request_id)) if known else "requests-unknown"
+        try:
+            await self.log.record(stream, ANSWER_REJECTED, data, actor=by)
+        except StoreError as exc:  # the refusal is still the caller's answer
+            log.warning("refusal of an answer to %s not recorded: %s", data["request_id"], exc)
 
     async def _close(
         self,
@@ -442,21 +809,18 @@ class Router:
         req.closing = True  # claimed before the await: a racing answer is refused above
         try:
             await self._append_terminal(req, terminal, data, actor)
-        except Exception:
+        except BaseException:
             req.closing = False
+            if req.request_id not in self._timers and req.request_id in self.requests.open:
+                self._arm_timeout(req)  # the deadline timer may have fired meanwhile
             raise
-        self._disarm(req)
-        if req.delivery is not None and req.delivery is not asyncio.current_task():
-            req.delivery.cancel()
-        result = {
+        self._after_close(req)
+        return {
             "request_id": req.request_id,
             "status": STATUS_BY_TERMINAL[terminal],
             "content": content,
             "path": path,
         }
-        if req.answer is not None and not req.answer.done():
-            req.answer.set_result(result)
-        return result
 
     # -- elicitation ----------------------------------------------------------------------
 
@@ -464,11 +828,11 @@ class Router:
         """`target`: the session picked when the request was appended, its RequestDelivered
         already recorded with it."""
         if target is not None:
-            req.delivery = self._spawn(self._push(req, target, recorded=True))
+            req.delivery = self.spawn(self._push(req, target, recorded=True))
         elif self.presence.modern_reachable(req.recipient):
             self._offer(req)
         else:
-            req.delivery = self._spawn(self._push_when_stream_opens(req))
+            req.delivery = self.spawn(self._push_when_stream_opens(req))
 
     async def _push_when_stream_opens(self, req: OpenRequest) -> None:
         """A session that declared elicitation but has no open stream yet (the SDK opens its
@@ -510,9 +874,7 @@ class Router:
                     result = await session.handle.elicit_form(req.message, req.schema)
                 self._observe(True, started)
                 try:
-                    await self.answer(
-                        req.request_id, req.recipient, result.action, result.content, "elicitation"
-                    )
+                    await self._answer_pushed(req, result.action, result.content)
                     return
                 except AnswerRefused as refused:
                     if refused.reason != "invalid_content":
@@ -529,12 +891,29 @@ class Router:
         finally:
             self.metrics.elicitations_in_flight.dec()
 
+    async def _answer_pushed(self, req: OpenRequest, action: str, content: object) -> None:
+        """Record an elicitation's answer; while the store refuses writes, keep trying (with
+        backoff) until the deadline, after which the timeout wins."""
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await self.answer(req.request_id, req.recipient, action, content, "elicitation")
+                return
+            except StoreError as exc:
+                if _now() + delay >= req.deadline:
+                    log.warning(
+                        "answer to %s not recorded before its deadline: %s", req.request_id, exc
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
     def _observe(self, ok: bool, started: float) -> None:
         self.metrics.elicitations.labels("answered" if ok else "failed").inc()
         if self.elicitation_observer is not None:
             decision = self.elicitation_observer.observe(ok, time.perf_counter() - started)
             if decision is not None:
-                self._spawn(self.elicitation_observer.trip(decision))
+                self.spawn(self.elicitation_observer.trip(decision))
 
     def _offer(self, req: OpenRequest) -> None:
         """Queue for the recipient's pending 2026-07-28 `wait_for_messages` call."""
@@ -553,7 +932,7 @@ class Router:
             and r.deadline > now
         ]
         found.sort(key=lambda r: r.created_at)
-        return found[:limit]
+        return fair(found, lambda r: r.caller, limit)
 
     async def mark_offered(self, reqs: list[OpenRequest]) -> None:
         await asyncio.gather(
@@ -645,7 +1024,7 @@ class Router:
             r.recipient for r in self.in_flight() if not self.flags.elicitation_for(r.recipient)
         }
         if excluded:
-            self._spawn(self.fall_back_all("kill_switch", excluded))
+            self.spawn(self.fall_back_all("kill_switch", excluded))
 
     async def session_gone(self, session_id: str) -> None:
         for req in self.in_flight():
@@ -710,12 +1089,12 @@ class Router:
     def check_peers(self) -> None:
         """Heartbeat tick: requests this bridge asked whose pushing bridge is gone move to
         the mailbox (`bridge_gone`); the asking bridge does it because it holds the
-        caller's wait (if it died too, the next bridge to start adopts the timers)."""
+        caller's ask (if it died too, its requests wait for their deadline timers)."""
         for req in self.in_flight():
             if (
                 req.node is not None
                 and req.node != self.node
-                and req.answer is not None
+                and req.extra.get("asked_here")
                 and not self.nodes.alive(req.node)
             ):
                 self._spawn(self.fall_back(req, "bridge_gone"))

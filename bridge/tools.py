@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -21,7 +20,6 @@ from .domain import (
     AUTH_REJECTED,
     MAILBOX_ACKNOWLEDGED,
     MESSAGE_DELIVERED,
-    MESSAGE_SENT,
     REQUEST_DELIVERED,
     SECURITY_STREAM,
     SESSION_CLOSED,
@@ -35,7 +33,7 @@ from .log import Log
 from .mailbox import Mailboxes, MailItem
 from .mcp import InputRequired, Session, ToolCall, ToolError, ToolSpec
 from .metrics import Metrics
-from .routing import AnswerRefused, AskError, Router
+from .routing import AnswerRefused, AskError, Router, refusal_text
 from .sessions import LiveSession, Presence
 
 _STRING = {"type": "string"}
@@ -46,7 +44,9 @@ SPECS = [
     ToolSpec(
         "ask",
         "Ask another agent (NAME, role:NAME or capability:NAME) a question; `schema` is a "
-        "flat JSON schema for the answer form.",
+        "flat JSON schema for the answer form. Give your own `request_id` (1-64 of "
+        "A-Z a-z 0-9 _ -) to re-attach with the same call after a lost connection; "
+        "`wait: false` returns at once with status pending.",
         {
             "type": "object",
             "properties": {
@@ -54,8 +54,24 @@ SPECS = [
                 "message": _STRING,
                 "schema": _OBJECT,
                 "timeout_s": {"type": ["number", "null"], "default": None},
+                "request_id": {"type": ["string", "null"], "default": None},
+                "wait": {"type": "boolean", "default": True},
             },
             "required": ["to", "message", "schema"],
+        },
+        _RESULT,
+    ),
+    ToolSpec(
+        "get_request",
+        "Status, path and answer of a request you asked or were asked; `wait_s` (<= 25) "
+        "long-polls until it changes.",
+        {
+            "type": "object",
+            "properties": {
+                "request_id": _STRING,
+                "wait_s": {"type": "number", "default": 0, "minimum": 0, "maximum": 25},
+            },
+            "required": ["request_id"],
         },
         _RESULT,
     ),
@@ -158,6 +174,7 @@ class AgentTools:
         self._handlers: dict[str, Callable[[ToolCall], Awaitable[Any]]] = {
             "ask": self._ask,
             "wait_for_messages": self._wait,
+            "get_request": self._get_request,
             "send_message": self._send,
             "respond": self._respond,
             "list_agents": self._list_agents,
@@ -169,10 +186,10 @@ class AgentTools:
         except ToolError:
             self.metrics.tool_calls.labels(call.name, "refused").inc()
             raise
-        except StoreError as exc:
-            self.metrics.tool_calls.labels(call.name, "error").inc()
-            reason = getattr(exc, "reason", "store_unavailable")
-            raise ToolError(f"{reason}: the event store cannot take this now; retry") from None
+        except (AskError, AnswerRefused, StoreError) as exc:
+            # a refusal, or an unavailable store, said clearly (wording: bridge.routing)
+            self.metrics.tool_calls.labels(call.name, "refused").inc()
+            raise ToolError(str(refusal_text(exc))) from None
         except Exception:
             self.metrics.tool_calls.labels(call.name, "error").inc()
             raise
@@ -242,52 +259,30 @@ class AgentTools:
         message = _arg(a, "message", str, "")
         schema = _arg(a, "schema", dict, {})
         timeout_s = _arg(a, "timeout_s", _NUMBER, None)
-        try:
-            return await self.router.ask(call.agent, to, message, schema, timeout_s)
-        except AskError as exc:
-            raise ToolError(str(exc)) from None
+        request_id = _arg(a, "request_id", str, None)
+        wait = _arg(a, "wait", bool, True)
+        return await self.router.ask(
+            call.agent, to, message, schema, timeout_s, request_id=request_id, wait=wait
+        )
+
+    async def _get_request(self, call: ToolCall) -> dict[str, Any]:
+        a = call.arguments
+        request_id = _arg(a, "request_id", str, "")
+        wait_s = _arg(a, "wait_s", _NUMBER, 0)
+        return await self.router.get_request(call.agent, request_id, wait_s)
 
     async def _respond(self, call: ToolCall) -> dict[str, Any]:
         a = call.arguments
         request_id = _arg(a, "request_id", str, "")
         action = _arg(a, "action", str, "")
         content = _arg(a, "content", dict, None)
-        try:
-            result = await self.router.answer(request_id, call.agent, action, content, "legacy")
-        except AnswerRefused as refused:
-            raise ToolError(f"{refused.reason}: {refused}") from None
+        result = await self.router.answer(request_id, call.agent, action, content, "legacy")
         return {"request_id": request_id, "status": result["status"]}
 
     async def _send(self, call: ToolCall) -> dict[str, Any]:
-        sender = call.agent
         to = _arg(call.arguments, "to", str, "")
         content = _arg(call.arguments, "content", str, "")
-        if not content:
-            raise ToolError("content: must be a non-empty string")
-        try:
-            recipients = [a.agent for a in self.router.matching(sender, to)]
-        except AskError as exc:
-            raise ToolError(str(exc)) from None
-        message_id = uuid.uuid4().hex
-        await self.log.append_events(
-            message_stream(message_id),
-            sender,
-            [
-                (
-                    MESSAGE_SENT,
-                    {"message_id": message_id, "from": sender, "to": r, "content": content},
-                )
-                for r in recipients
-            ],
-            expected_version=0,
-        )
-        return {
-            "message_id": message_id,
-            "delivered_to": [
-                {"agent": r, "status": "queued", "online": self.presence.online(r)}
-                for r in recipients
-            ],
-        }
+        return await self.router.send_message(call.agent, to, content)
 
     async def _list_agents(self, call: ToolCall) -> dict[str, Any]:
         return {
@@ -389,15 +384,12 @@ class AgentTools:
         return outcomes
 
     async def _acknowledge(self, agent: str, session_key: str, ack: list[str] | None) -> None:
-        items = list(ack) if ack is not None else self.mailboxes.handed_to(agent, session_key)
-        if not items:
-            return
-        await self.log.record(
-            mailbox_stream(agent),
-            MAILBOX_ACKNOWLEDGED,
-            {"agent": agent, "session_id": session_key, "items": items},
-            actor=agent,
-        )
+        try:
+            data = self.mailboxes.acknowledgement(agent, session_key, ack)
+        except ValueError as exc:
+            raise ToolError(str(exc)) from None
+        if data is not None:
+            await self.log.record(mailbox_stream(agent), MAILBOX_ACKNOWLEDGED, data, actor=agent)
 
     async def _hand_out(self, agent: str, session_key: str, items: list[MailItem]) -> None:
         await asyncio.gather(

@@ -145,6 +145,10 @@ class BridgeProcess:
             self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never leave a bridge running behind a failed test
+            self.proc.wait(10)
+            raise
         finally:
             self.proc = None
         return code

@@ -315,3 +315,21 @@ def assert_no_secret_leak(record: Record, *secrets: str) -> None:
     text = json.dumps(record.data)
     for secret in secrets:
         assert secret not in text, f"secret material in {record.type}"
+
+
+def call_tool(
+    raw: RawClient, name: str, session: str, tool: str, arguments: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A tools/call as *name*: the JSON-RPC result (`isError` set for a refusal)."""
+    response = raw.post(name, tool_call_body(tool, arguments), session=session)
+    assert response.status_code == 200, (response.status_code, response.text[:500])
+    message = jsonrpc_payload(response)
+    assert "result" in message, message
+    result: dict[str, Any] = message["result"]
+    return result
+
+
+def error_text(result: Mapping[str, Any]) -> str:
+    """The text of a refused tool call (fails if the call was not refused)."""
+    assert result.get("isError"), result
+    return str(result["content"][0]["text"])

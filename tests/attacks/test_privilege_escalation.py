@@ -206,7 +206,9 @@ def test_mcp_messages_cannot_change_roles_or_capabilities(
         )
     )
     assert [d["agent"] for d in sent["delivered_to"]] == ["bob"]
-    assert [m.data["to"] for m in messages_with(bridge, "who is expert", start)] == ["bob"]
+    # one MessageSent per broadcast, naming its recipients (the content stored once)
+    sent_events = messages_with(bridge, "who is expert", start)
+    assert [m.data["recipients"] for m in sent_events] == [["bob"]]
     assert (
         events_after(
             bridge,
