@@ -207,7 +207,12 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
         agent_limiter=agent_rate_limiter(settings),
         address_limiter=address_rate_limiter(settings.ip_rate_per_s, settings.ip_burst),
         admin=AdminAuth(token),
-        origin=origin_policy(settings.host, settings.port, extra_origins=settings.allowed_origins),
+        origin=origin_policy(
+            settings.host,
+            settings.port,
+            extra_hosts=settings.allowed_hosts,
+            extra_origins=settings.allowed_origins,
+        ),
         refusals=RefusalLedger(settings.refusal_window_s, settings.refusal_burst),
         nodes=nodes,
     )

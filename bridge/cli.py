@@ -223,6 +223,7 @@ def _serve(args: argparse.Namespace, serve: Callable[[Settings], None]) -> None:
             guard_min_samples=args.guard_min_samples,
             trusted_proxies=tuple(args.trusted_proxy),
             allowed_origins=tuple(args.allowed_origin),
+            allowed_hosts=tuple(args.allowed_host),
             max_content_bytes=args.max_content_bytes,
             max_open_per_caller=args.max_open_per_caller,
             max_open_per_recipient=args.max_open_per_recipient,
@@ -638,6 +639,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         default=[],
         metavar="CIDR",
         help="honour X-Forwarded-For from these proxies (repeatable)",
+    )
+    s.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="Host header allowed besides the bound address (repeatable): the name clients "
+        "use for a load balancer in front (its Host is signed, so the balancer keeps it)",
     )
     s.add_argument(
         "--allowed-origin",

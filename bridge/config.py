@@ -54,6 +54,7 @@ class Settings:
     request_state_ttl_s: float = 900.0
     trusted_proxies: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     # refusals written to the log: `burst` individually per source and reason per window
     refusal_window_s: float = 60.0
     refusal_burst: int = 5

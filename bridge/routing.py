@@ -1097,7 +1097,7 @@ class Router:
                 and req.extra.get("asked_here")
                 and not self.nodes.alive(req.node)
             ):
-                self._spawn(self.fall_back(req, "bridge_gone"))
+                self.spawn(self.fall_back(req, "bridge_gone"))
 
     async def _append_terminal(
         self, req: OpenRequest, terminal: str, data: dict[str, Any], actor: str
