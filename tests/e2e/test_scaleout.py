@@ -43,6 +43,7 @@ class Cluster:
         self.workdir = workdir
         self.url = url
         self.lb_port = free_port()
+        self.nginx_port = free_port()
         prefix = f"lh-test-{uuid.uuid4().hex}:"
         self.args = (
             "--database-url",
@@ -53,6 +54,8 @@ class Cluster:
             prefix,
             "--allowed-host",
             f"127.0.0.1:{self.lb_port}",
+            "--allowed-host",
+            f"127.0.0.1:{self.nginx_port}",
         )
         self.bridges = {
             node: BridgeProcess(workdir, extra_args=(*self.args, "--node-id", node))
@@ -292,6 +295,53 @@ async def test_flag_flip_on_one_bridge_routes_new_asks_to_legacy_on_all(
     assert out["path"] == "legacy" and out["content"] == {"answer": "down"}
     routed = [f for f in _stream(await cluster.events(), out["request_id"]) if "Fell" in f.type]
     assert routed and routed[0].data["cause"] == "flag_off"
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx")
+async def test_nginx_maps_the_session_prefix_to_its_bridge(cluster: Cluster) -> None:
+    """deploy/nginx.conf as shipped (only its addresses rewritten): every request of a
+    2025-era session, its GET stream included, reaches the bridge its id names."""
+    conf = (
+        (DEPLOY / "nginx.conf")
+        .read_text()
+        .replace("127.0.0.1:8765", f"127.0.0.1:{cluster.nginx_port}")
+    )
+    for i, bridge in enumerate(cluster.bridges.values(), 1):
+        conf = conf.replace(f"127.0.0.1:870{i}", f"127.0.0.1:{bridge.port}")
+    prefix = cluster.workdir / "nginx"
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    (prefix / "nginx.conf").write_text(conf)
+    with open(prefix / "nginx.log", "ab") as log:
+        nginx = subprocess.Popen(
+            ["nginx", "-p", str(prefix), "-c", "nginx.conf", "-g", "daemon off;"],
+            stdout=log,
+            stderr=log,
+        )
+    url = f"http://127.0.0.1:{cluster.nginx_port}/mcp"
+    try:
+        await wait_until(lambda: _port_open(cluster.nginx_port), 10)
+        async with (
+            cluster.client("bob", url, elicitation_callback=_accept("via nginx")) as bob,
+            cluster.client("alice", url) as alice,
+        ):
+            await bob.call_tool("list_agents", {})
+            outs = [await _ask(alice, "bob") for _ in range(2)]
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+    assert all(o["path"] == "elicitation" and o["content"] == {"answer": "via nginx"} for o in outs)
+    events = await cluster.events()
+    for o in outs:
+        facts = {f.type: f for f in _stream(events, o["request_id"])}
+        node = facts["RequestRouted"].data["node"]
+        assert facts["RequestDelivered"].data["session_id"].startswith(node + ".")
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def test_kill_one_bridge_under_load(cluster: Cluster) -> None:
