@@ -646,7 +646,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         default=[],
         metavar="HOST[:PORT]",
         help="Host header allowed besides the bound address (repeatable): the name clients "
-        "use for a load balancer in front (its Host is signed, so the balancer keeps it)",
+        "use for a load balancer in front (one name for every bridge behind it)",
     )
     s.add_argument(
         "--allowed-origin",
