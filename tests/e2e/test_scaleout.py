@@ -428,3 +428,15 @@ async def test_kill_one_bridge_under_load(cluster: Cluster) -> None:
     assert repair.returncode == 0, repair.stdout + repair.stderr
     verify = lighthouse("verify", "--database-url", cluster.url, cwd=cluster.workdir, check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    # with every bridge stopped, repair works on the PostgreSQL store directly
+    for bridge in cluster.bridges.values():
+        bridge.stop(timeout=30)
+    nobody = {"LIGHTHOUSE_URL": f"http://127.0.0.1:{free_port()}"}
+    direct = lighthouse(
+        "repair", "--database-url", cluster.url, cwd=cluster.workdir, env=nobody, check=False
+    )
+    assert direct.returncode == 0, direct.stdout + direct.stderr
+    assert "PostgreSQL" in direct.stdout
+    verify = lighthouse("verify", "--database-url", cluster.url, cwd=cluster.workdir, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
