@@ -23,7 +23,7 @@ from .domain import DRAIN_FINISHED, DRAIN_STARTED, FLAG_CHANGED, FLAGS_STREAM, O
 from .flags import FlagError, parse_change
 
 if TYPE_CHECKING:
-    from .app import Bridge
+    from .core import Bridge
 
 BridgeOf = Callable[[web.Request], "Bridge"]
 

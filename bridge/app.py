@@ -1,276 +1,35 @@
-"""Composition: one `Bridge` holding every subsystem, and the aiohttp app that serves it.
+"""The aiohttp app that serves a `Bridge` (bridge.core) on one port, and its lifecycle.
 
-`open_bridge` builds the state in dependency order (store → projections replayed from the
-log → security → router → MCP host); `create_app` wires it to one port. Each resource is
-opened in a cleanup context so a failed start closes what it opened.
+`create_app` wires the routes each feature brings (MCP, admin, audit, repair, proofs, the
+console); the bridge is opened in a cleanup context so a failed start closes what it
+opened; `serve` runs it until a signal and stops it as a drain.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from events import GroupCommitStore
-from events.chain import write_secret_file
-from security import (
-    AdminAuth,
-    KeyRegistry,
-    NonceStore,
-    OriginPolicy,
-    RateLimiter,
-    SignatureVerifier,
-    SQLiteSecretVault,
-    address_rate_limiter,
-    key_lookup,
-    load_or_create_admin_token,
-    origin_policy,
-)
-
-from .agents import AgentService, RegistryProjection
 from .auth import AGENT, admin_auth, agent_auth, flush_refusals, host_guard, refusal_flusher
-from .backends import agent_rate_limiter, open_nonces, open_store, store_label
+from .backends import store_label
 from .config import Settings
 from .connections import limit_connections
+from .core import BRIDGE, Bridge, load_or_create_key, open_bridge, package_version
 from .discovery import remove_discovery, write_discovery
-from .domain import (
-    FLAG_CHANGED,
-    FLAGS_STREAM,
-    NONCE_STORE_CREATED,
-    SECURITY_STREAM,
-    SESSION_CLOSED,
-    session_stream,
-)
-from .flags import Flags
-from .guard import Guard
-from .log import Log
-from .mailbox import Mailboxes
+from .domain import SESSION_CLOSED, session_stream
 from .mcp import McpEndpoint, SessionTable, StateSealer
 from .mcp.state import LocalUsedStates, SharedUsedStates, UsedStates
-from .metrics import Metrics
-from .nodes import PostgresNodes, SoloNodes
-from .observability import EventLogger
-from .refusals import RefusalLedger
-from .routing import Limits, Requests, Router
-from .sessions import Presence
 from .tools import AgentTools
 
 log = logging.getLogger("lighthouse")
 
-
-def package_version() -> str:
-    try:
-        return version("lighthouse-bridge")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-@dataclass
-class Bridge:
-    settings: Settings
-    store: GroupCommitStore
-    log: Log
-    registry: KeyRegistry
-    flags: Flags
-    mailboxes: Mailboxes
-    requests: Requests
-    presence: Presence
-    metrics: Metrics
-    router: Router
-    agents: AgentService
-    vault: SQLiteSecretVault
-    nonces: NonceStore
-    verifier: SignatureVerifier
-    agent_limiter: RateLimiter
-    address_limiter: RateLimiter
-    admin: AdminAuth
-    origin: OriginPolicy
-    refusals: RefusalLedger
-    endpoint: McpEndpoint | None = None
-    guard: Guard | None = None
-    nodes: SoloNodes | None = None
-
-    async def close(self) -> None:
-        """Close everything, each step whatever the previous one raised: the store (and
-        its writer lock) must be released even when a stop goes wrong."""
-        try:
-            if self.nodes is not None:
-                await self.nodes.close()
-            await self.log.stop_following()
-            await self.router.close()
-        finally:
-            try:
-                await self.nonces.close()
-                await self.agent_limiter.close()
-                self.vault.close()
-            finally:
-                await self.store.close()
-
-
-def _load_or_create_key(path: Path, *, fresh: bool) -> bytes:
-    if path.exists():
-        raw = path.read_bytes().strip()
-        try:
-            key = base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
-        except ValueError:
-            key = b""
-        if len(key) != 32:  # never use a damaged key, never silently replace it
-            raise RuntimeError(
-                f"key file {path} is damaged (not 32 bytes of base64url); restore it from backup"
-            )
-        return key
-    if not fresh:
-        raise RuntimeError(f"key file {path} is missing for an existing store; restore it")
-    key = os.urandom(32)
-    write_secret_file(path, base64.urlsafe_b64encode(key).rstrip(b"=") + b"\n")
-    return key
-
-
-async def open_bridge(settings: Settings) -> Bridge:
-    """Open the store, replay the log into every projection, and build the security stack."""
-    fresh = not settings.db.exists()
-    store = await open_store(settings)
-    try:
-        return await _assemble(settings, store, fresh)
-    except BaseException:
-        await store.close()
-        raise
-
-
-async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) -> Bridge:
-    registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
-    node = settings.node
-    nodes = PostgresNodes(node, settings.database_url) if settings.database_url else SoloNodes(node)
-    requests, presence, metrics = Requests(), Presence(node, nodes.alive), Metrics()
-    store.commit_observer = metrics.observe_commit
-    store.state.observer = metrics.observe_store_failure
-    event_logger = EventLogger()
-    event_log = Log(
-        store, [RegistryProjection(registry), flags, requests, mailboxes, presence, event_logger]
-    )
-    replayed = await event_log.replay()
-    event_logger.live = True  # one JSON log line per new fact of interest, not the history
-    if settings.database_url:  # other bridges append too: keep the projections current
-        event_log.start_following()
-    vault = SQLiteSecretVault.open(
-        settings.db, settings.master_key_file, fresh_install=fresh or not registry.agents
-    )
-    nonces = await open_nonces(settings, fresh_install=fresh or not registry.agents)
-    verifier = SignatureVerifier(key_lookup(registry, vault), nonces, skew=int(settings.skew_s))
-    token, _ = load_or_create_admin_token(
-        settings.admin_token_file, {"LIGHTHOUSE_ADMIN_TOKEN": settings.admin_token or ""}
-    )
-    router = Router(
-        event_log,
-        requests,
-        registry,
-        presence,
-        flags,
-        metrics,
-        default_timeout_s=settings.default_timeout_s,
-        max_timeout_s=settings.max_timeout_s,
-        limits=Limits(
-            max_content_bytes=settings.max_content_bytes,
-            max_open_per_caller=settings.max_open_per_caller,
-            max_open_per_recipient=settings.max_open_per_recipient,
-            max_fanout=settings.max_fanout,
-        ),
-        nodes=nodes,
-    )
-    event_log.on_followed.append(router.on_followed)
-    nodes.on_tick = router.check_peers
-    bridge = Bridge(
-        settings=settings,
-        store=store,
-        log=event_log,
-        registry=registry,
-        flags=flags,
-        mailboxes=mailboxes,
-        requests=requests,
-        presence=presence,
-        metrics=metrics,
-        router=router,
-        agents=AgentService(event_log, registry, vault, settings.key_grace_s),
-        vault=vault,
-        nonces=nonces,
-        verifier=verifier,
-        agent_limiter=agent_rate_limiter(settings),
-        address_limiter=address_rate_limiter(settings.ip_rate_per_s, settings.ip_burst),
-        admin=AdminAuth(token),
-        origin=origin_policy(
-            settings.host,
-            settings.port,
-            extra_hosts=settings.allowed_hosts,
-            extra_origins=settings.allowed_origins,
-        ),
-        refusals=RefusalLedger(settings.refusal_window_s, settings.refusal_burst),
-        nodes=nodes,
-    )
-    if nonces.created_new and nonces.born_at > 0:
-        await _record_new_nonce_store(bridge)
-    bridge.guard = router.elicitation_observer = Guard(
-        event_log,
-        flags,
-        metrics,
-        max_error_rate=settings.guard_error_rate,
-        max_p99_ms=settings.guard_p99_ms,
-        min_samples=settings.guard_min_samples,
-        window_s=settings.guard_window_s,
-    )
-    if not settings.elicitation_default and flags.state.elicitation_enabled:
-        await event_log.append_events(
-            FLAGS_STREAM,
-            "serve",
-            [
-                (
-                    FLAG_CHANGED,
-                    {
-                        "old": flags.state.to_dict(),
-                        "new": {**flags.state.to_dict(), "elicitation_enabled": False},
-                        "reason": "started with --no-elicitation",
-                    },
-                )
-            ],
-            expected_version=flags.version,
-        )
-    log.info(
-        "store %s opened: %d events replayed, %d agents",
-        store_label(settings),
-        replayed,
-        len(registry.agents),
-    )
-    return bridge
-
-
-async def _record_new_nonce_store(bridge: Bridge) -> None:
-    """A new nonce store cannot know the nonces its predecessor saw: requests signed before
-    its birth are refused (`predates_nonce_store`) until they are stale anyway, and the
-    operator is told, because a lost nonce file on an existing store is an incident."""
-    nonces = bridge.nonces
-    data = {
-        "path": str(bridge.settings.nonce_db),
-        "born_at": nonces.born_at,
-        "reason": "nonce store missing for a store with registered agents",
-    }
-    await bridge.log.record(SECURITY_STREAM, NONCE_STORE_CREATED, data, actor="bridge")
-    log.warning(
-        "nonce store %s was missing and has been recreated: requests signed before now "
-        "are refused (a captured request cannot be replayed)",
-        bridge.settings.nonce_db,
-    )
-
-
-BRIDGE = web.AppKey("bridge", Bridge)
+__all__ = ["BRIDGE", "Bridge", "create_app", "open_bridge", "package_version", "serve"]
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -290,10 +49,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     add_admin_routes(app, bridge_of)
     add_console_routes(app, bridge_of)
-    from .cli import _extensions
+    from . import audit, repair, tlog  # features bring their own routes
 
-    for add_routes in _extensions("add_routes"):
-        add_routes(app, bridge_of)
+    for feature in (repair, audit, tlog):
+        feature.add_routes(app, bridge_of)
     return app
 
 
@@ -303,7 +62,7 @@ def _bridge_ctx(settings: Settings) -> Any:
         flusher: asyncio.Task[None] | None = None
         endpoint: McpEndpoint | None = None
         try:  # any step below that fails (or a SIGTERM meanwhile) still closes the bridge
-            request_state_key = _load_or_create_key(settings.keys / "request_state.key", fresh=True)
+            request_state_key = load_or_create_key(settings.keys / "request_state.key", fresh=True)
             tools = AgentTools(
                 bridge.log,
                 bridge.router,

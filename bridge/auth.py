@@ -27,7 +27,7 @@ from .domain import ADMIN_AUTH_FAILED, AUTH_REJECTED, RATE_LIMITED, SECURITY_STR
 from .unavailable import as_store_error, unavailable, unavailable_response
 
 if TYPE_CHECKING:
-    from .app import Bridge
+    from .core import Bridge
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AGENT = web.RequestKey("lighthouse_agent", str)

@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # kept out of import time: every `lighthouse` command imports
 
     from security import KeyRegistry
 
-    from .app import Bridge
+    from .core import Bridge
     from .flags import Flags
     from .log import Log
     from .mailbox import Mailboxes
@@ -680,7 +680,7 @@ def add_routes(app: web.Application, bridge_of: Callable[[web.Request], Bridge])
 
     async def remember_boundary(app: web.Application) -> None:
         # runs after the bridge's cleanup context opened the store and adopted old requests
-        from .app import BRIDGE
+        from .core import BRIDGE
 
         bridge = app.get(BRIDGE)
         if bridge is not None:
@@ -743,7 +743,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     Errors are printed and returned here rather than raised as `cli.CliError`: run as
     `python -m bridge.cli`, that module is `__main__` and its `CliError` is another class.
     """
-    from .cli import EXIT_FAIL, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, _db, _use_server
+    from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, _db, _use_server
     from .config import env_database_url
 
     db = _db(args)
@@ -796,7 +796,7 @@ def _direct(args: argparse.Namespace, db: Path, url: str | None = None) -> Repai
 
 
 def _via_server(args: argparse.Namespace, db: Path) -> RepairReport:
-    from .cli import _http
+    from .cli_common import _http
 
     body = {"dry_run": args.dry_run, "accept_damage": args.accept_damage}
     status, payload = _http("POST", "/admin/repair", body, db, timeout=600)

@@ -50,7 +50,7 @@ from .audit import (
 )
 
 if TYPE_CHECKING:
-    from .app import Bridge
+    from .core import Bridge
 
 FORMAT, VERSION = "lighthouse-tlog-proof", 1
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"

@@ -44,7 +44,7 @@ from ..domain import CONSOLE_SIGNED_IN, CONSOLE_SIGNED_OUT, SECURITY_STREAM
 from .api import add_api_routes
 
 if TYPE_CHECKING:
-    from ..app import Bridge
+    from ..core import Bridge
 
 __all__ = ["add_console_routes"]
 

@@ -29,7 +29,7 @@ from ..domain import OPS_STREAM, RUNBOOK_STEP
 from ..flags import FlagError, parse_change, routes_to_elicitation
 
 if TYPE_CHECKING:
-    from ..app import Bridge
+    from ..core import Bridge
 
 RUNBOOK_STEPS = (
     "kill_switch",

@@ -47,7 +47,14 @@ async def test_inspector_calls_our_tools(
     code, listed = await _inspect(proxy, home, era, "--method", "tools/list")
     assert code == 0, listed
     tools = {t["name"]: t for t in listed["result"]["tools"]}
-    assert sorted(tools) == ["ask", "list_agents", "respond", "send_message", "wait_for_messages"]
+    assert sorted(tools) == [
+        "ask",
+        "get_request",
+        "list_agents",
+        "respond",
+        "send_message",
+        "wait_for_messages",
+    ]
     assert all(t["description"] and t["inputSchema"]["type"] == "object" for t in tools.values())
 
     code, agents = await _inspect(

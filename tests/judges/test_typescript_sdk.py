@@ -64,7 +64,14 @@ async def test_typescript_sdk_asks_and_answers(
     assert done.code == 0, f"ts client failed:\n{done.stderr[-3000:]}"
     out = json.loads(done.stdout)
 
-    assert out["tools"] == ["ask", "list_agents", "respond", "send_message", "wait_for_messages"]
+    assert out["tools"] == [
+        "ask",
+        "get_request",
+        "list_agents",
+        "respond",
+        "send_message",
+        "wait_for_messages",
+    ]
     assert out["protocol"] == "2025-11-25"
 
     # Elicitation: bob's handler saw the question and the schema, alice got his answer.
