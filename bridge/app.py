@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -205,6 +206,21 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+_GC_GEN0_THRESHOLD = 20_000
+
+
+def _settle_gc() -> None:
+    """Move everything built at start-up (modules, projections, the app) out of the
+    collector's reach and collect the young generation less often: a request allocates a
+    few hundred short-lived containers, and with the default threshold (700) the cyclic
+    collector ran several times per ask (measured: ~4 % of server CPU). Reference
+    counting still frees nearly everything at once; cycles wait a little longer."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(_GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 _CLOSE_TIMEOUT_S = 0.25
 _CLOSE_RESERVE_S = 1.5  # 2 x the close timeout, the store's final checkpoint, process exit
 
@@ -257,6 +273,7 @@ async def _serve(settings: Settings) -> None:
         # once (kernel ListenOverflows), and dropped handshakes surfaced as reset POSTs
         # that killed SDK client sessions. uvicorn uses 2048; the kernel caps it at somaxconn.
         await web.TCPSite(runner, settings.host, settings.port, backlog=4096).start()
+        _settle_gc()
         with contextlib.suppress(OSError):  # the CLI finds the token without it too (--db)
             write_discovery(settings.port, settings.db, settings.admin_token_file)
         print(

@@ -26,6 +26,15 @@ from pathlib import Path
 
 __all__ = ["InMemoryNonceStore", "NonceStore", "SQLiteNonceStore"]
 
+_ROWS_PER_STATEMENT = 200  # 2 variables a row + 1: well under SQLite's variable limit
+_CLAIM_SQL: dict[int, str] = {}
+
+
+def _rows(db: sqlite3.Connection, sql: str, params: list[object]) -> list[tuple[bytes]]:
+    """All rows of a statement: a RETURNING statement commits (autocommit) only once
+    every row has been stepped through."""
+    return db.execute(sql, params).fetchall()
+
 
 def _nonce_key(key_id: str, nonce: str) -> bytes:
     return hashlib.blake2b(
@@ -167,26 +176,12 @@ class SQLiteNonceStore(NonceStore):
         batch, self._batch = self._batch, {}
         db = self._db
         try:
-            now = max(n for _, n, _ in batch.values())
+            # The oldest claim time of the turn decides which stored rows count as
+            # expired: never a reuse the claim made alone would have refused.
+            now = min(n for _, n, _ in batch.values())
             if now >= self._next_purge:
                 self.purge(now)
-            db.execute("BEGIN IMMEDIATE")
-            # An expired row for the same key may still be there between purges: a nonce
-            # may be reused once its old signature can no longer pass the skew check.
-            outcomes = [
-                (
-                    answer,
-                    db.execute(
-                        "INSERT INTO nonces(key, expires) VALUES (?, ?)"
-                        " ON CONFLICT(key) DO UPDATE SET expires = excluded.expires"
-                        " WHERE nonces.expires < ?",
-                        (key, expires, claimed_at),
-                    ).rowcount
-                    == 1,
-                )
-                for key, (expires, claimed_at, answer) in batch.items()
-            ]
-            db.execute("COMMIT")
+            won = self._insert(list(batch.items()), now)
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -194,9 +189,34 @@ class SQLiteNonceStore(NonceStore):
                 if not answer.done():
                     answer.set_exception(exc)
             return
-        for answer, won in outcomes:
+        for key, (_, _, answer) in batch.items():
             if not answer.done():  # its request may have been cancelled meanwhile
-                answer.set_result(won)
+                answer.set_result(key in won)
+
+    def _insert(
+        self, claims: list[tuple[bytes, tuple[float, float, asyncio.Future[bool]]]], now: float
+    ) -> set[bytes]:
+        """Insert the turn's claims in one statement (its own autocommit transaction, so
+        one WAL commit and no BEGIN/COMMIT round trips); the keys it wrote are the claims
+        that won. An expired row for the same key may still be there between purges: a
+        nonce may be reused once its old signature can no longer pass the skew check."""
+        won: set[bytes] = set()
+        for start in range(0, len(claims), _ROWS_PER_STATEMENT):
+            chunk = claims[start : start + _ROWS_PER_STATEMENT]
+            sql = _CLAIM_SQL.get(len(chunk))
+            if sql is None:
+                sql = _CLAIM_SQL[len(chunk)] = (
+                    "INSERT INTO nonces(key, expires) VALUES "
+                    + ",".join(["(?, ?)"] * len(chunk))
+                    + " ON CONFLICT(key) DO UPDATE SET expires = excluded.expires"
+                    " WHERE nonces.expires < ? RETURNING key"
+                )
+            params: list[object] = []
+            for key, (expires, _, _) in chunk:
+                params += (key, expires)
+            params.append(now)
+            won.update(row[0] for row in _rows(self._db, sql, params))
+        return won
 
     async def close(self) -> None:
         self._db.close()

@@ -9,7 +9,9 @@ them a fresh connection per call; pushes therefore travel on the GET stream only
 Aiohttp does not cancel a handler whose client went away, so one sweeper task checks the
 transports of all open GET streams (a task per stream would cost a wake-up each): a
 stream whose client is gone is closed at once and its pending pushes fail, which is how
-the bridge learns to fall back to the mailbox.
+the bridge learns to fall back to the mailbox. The same sweep sends the keep-alive of a
+stream that has been silent for `KEEPALIVE_S` (no timer per stream or per event), and
+a stream's writer sends everything queued for it in one write.
 """
 
 from __future__ import annotations
@@ -42,7 +44,15 @@ from .protocol import (
     tool_result,
     unsupported,
 )
-from .sessions import CLIENT_GONE, END_STREAM, Session, SessionLimit, SessionTable
+from .sessions import (
+    CLIENT_GONE,
+    END_STREAM,
+    KEEP_ALIVE,
+    Outbox,
+    Session,
+    SessionLimit,
+    SessionTable,
+)
 from .state import StateRejected, StateSealer
 from .tools import InputRequired, SessionHooks, ToolCall, ToolError, ToolHost
 from .wire import (
@@ -114,7 +124,7 @@ class McpEndpoint:
         self._tool_list = [spec.describe() for spec in tools.specs]
         # Every open SSE stream (GET streams and listen streams): its request, for the
         # sweeper, and the queue its handler writes from.
-        self._streams: dict[int, tuple[web.Request, asyncio.Queue[bytes]]] = {}
+        self._streams: dict[int, tuple[web.Request, Outbox]] = {}
         self._listening: dict[str, int] = {}  # agent -> open subscriptions/listen streams
         self._sweeper: asyncio.Task[None] | None = None
         self.closing = False
@@ -136,18 +146,22 @@ class McpEndpoint:
 
     def end_streams(self) -> None:
         """Close every open stream (clients reconnect elsewhere); sessions stay."""
-        for _, queue in list(self._streams.values()):
-            queue.put_nowait(END_STREAM)
+        for _, outbox in list(self._streams.values()):
+            outbox.put_nowait(END_STREAM)
 
     async def _sweep(self) -> None:
         next_idle_check = 0.0
         while True:
             await asyncio.sleep(SWEEP_S)
-            for request, queue in list(self._streams.values()):
+            now = time.monotonic()
+            quiet_since = now - (KEEPALIVE_S - 2 * SWEEP_S)  # sent within KEEPALIVE_S
+            for request, outbox in list(self._streams.values()):
                 transport = request.transport
                 if transport is None or transport.is_closing():
-                    queue.put_nowait(CLIENT_GONE)
-            now = time.monotonic()
+                    outbox.put_nowait(CLIENT_GONE)
+                elif outbox.last_write <= quiet_since:
+                    outbox.last_write = now  # one keep-alive per quiet period
+                    outbox.put_nowait(KEEP_ALIVE)
             if now >= next_idle_check:
                 next_idle_check = now + 5.0
                 for session in self.sessions.expired(now):
@@ -155,28 +169,32 @@ class McpEndpoint:
                     await self._end(session, "expired")
 
     async def _pump(
-        self, request: web.Request, response: web.StreamResponse, queue: asyncio.Queue[bytes]
+        self, request: web.Request, response: web.StreamResponse, outbox: Outbox
     ) -> bool:
-        """Write what arrives on `queue` as SSE events, with keep-alive comments, until
-        the stream is ended (False) or its client is gone (True)."""
-        self._streams[id(queue)] = (request, queue)
+        """Write what arrives in `outbox` as SSE events (all that is waiting in one
+        write), with keep-alive comments, until the stream is ended (False) or its client
+        is gone (True)."""
+        self._streams[id(outbox)] = (request, outbox)
         try:
             while True:
-                try:
-                    async with asyncio.timeout(KEEPALIVE_S):
-                        data = await queue.get()
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                if data == END_STREAM:
-                    return False
-                if data == CLIENT_GONE:
-                    return True
-                await response.write(b"event: message\ndata: " + data + b"\n\n")
+                chunk: list[bytes] = []
+                for data in await outbox.get_all():
+                    if data == END_STREAM:
+                        if chunk:
+                            await response.write(b"".join(chunk))
+                        return False
+                    if data == CLIENT_GONE:
+                        return True
+                    if data == KEEP_ALIVE:
+                        chunk.append(b": keep-alive\n\n")
+                    else:
+                        chunk += (b"event: message\ndata: ", data, b"\n\n")
+                outbox.last_write = time.monotonic()
+                await response.write(b"".join(chunk))
         except (ConnectionError, RuntimeError):  # aiohttp's ClientConnectionResetError too
             return True
         finally:
-            self._streams.pop(id(queue), None)
+            self._streams.pop(id(outbox), None)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -402,8 +420,8 @@ class McpEndpoint:
             raise ProtocolError(
                 INVALID_REQUEST, "this session's GET stream is already open", status=409
             )
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        session.stream = queue
+        outbox = Outbox()
+        session.stream = outbox
         session.touch()
         response = web.StreamResponse(headers={**_SSE_HEADERS, SESSION_HEADER: session.id})
         client_gone = True
@@ -411,7 +429,7 @@ class McpEndpoint:
         try:
             await response.prepare(request)
             await response.write(b": stream open\n\n")
-            client_gone = await self._pump(request, response, queue)
+            client_gone = await self._pump(request, response, outbox)
         except (ConnectionError, RuntimeError):
             client_gone = True
         finally:
@@ -522,12 +540,12 @@ class McpEndpoint:
             "params": {"notifications": honored, "_meta": meta},
         }
         response = web.StreamResponse(headers=_SSE_HEADERS)
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        queue.put_nowait(encode(ack))
+        outbox = Outbox()
+        outbox.put_nowait(encode(ack))
         self._listening[agent] = held + 1
         try:
             await response.prepare(request)
-            if not await self._pump(request, response, queue):
+            if not await self._pump(request, response, outbox):
                 final = {
                     "resultType": "complete",
                     "_meta": {**meta, META_SERVER_INFO: self.server_info},

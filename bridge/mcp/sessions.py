@@ -23,10 +23,44 @@ import msgspec
 from .protocol import elicitation_params, elicits_forms
 from .wire import Message, RequestId, server_request
 
-# What a stream's queue carries besides messages: end the stream (server side) or the
-# sweeper saw its client go.
+# What a stream's outbox carries besides messages: end the stream (server side), the
+# sweeper saw its client go, or the stream has been silent too long (a keep-alive).
 END_STREAM = b""
 CLIENT_GONE = b"\x00"
+KEEP_ALIVE = b"\x01"
+
+
+class Outbox:
+    """What waits to be written on one SSE stream, and the one task writing it.
+
+    A queue of its own rather than `asyncio.Queue`: a stream has exactly one reader, and
+    ten thousand idle GET streams each holding a Queue (two deques, an Event, a timeout
+    handle per wait) cost memory and a timer each; here an idle stream is one small object
+    and keep-alives come from the endpoint's sweeper (`last_write`)."""
+
+    __slots__ = ("_items", "_waiter", "last_write")
+
+    def __init__(self) -> None:
+        self._items: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self.last_write = time.monotonic()
+
+    def put_nowait(self, item: bytes) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get_all(self) -> list[bytes]:
+        """Everything queued (at least one item), oldest first."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self._items = self._items, []
+        return items
 
 
 class PushFailed(Exception):
@@ -72,7 +106,7 @@ class Session:
         self.initialized = False
         self.ending = False
         self.created = self.last_seen = time.monotonic()
-        self.stream: asyncio.Queue[bytes] | None = None
+        self.stream: Outbox | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.in_flight: dict[RequestId, asyncio.Task[Any]] = {}
         self._next_id = 0

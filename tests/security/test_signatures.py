@@ -490,3 +490,72 @@ def test_public_names_only():
         "replayed_nonce",
         "header_too_large",
     }
+
+
+def _general_parse(verifier: SignatureVerifier, sig_input: str, sig: str) -> object:
+    """What `_parse` decides without its canonical-form fast path."""
+    canonical = verifier._parse_canonical
+    verifier._parse_canonical = lambda *_: None  # type: ignore[method-assign]
+    try:
+        return verifier._parse(sig_input, sig)
+    finally:
+        verifier._parse_canonical = canonical  # type: ignore[method-assign]
+
+
+def _same_verdict(verifier: SignatureVerifier, sig_input: str, sig: str) -> None:
+    fast = verifier._parse_canonical(sig_input, sig)
+    general = _general_parse(verifier, sig_input, sig)
+    if fast is None:
+        return  # the general parser decides alone
+    assert not isinstance(general, Rejection), (sig_input, sig, general)
+    fields = ("components", "params", "created", "nonce", "key_id", "signature")
+    assert [getattr(fast, f) for f in fields] == [getattr(general, f) for f in fields]
+    # The text the fast path signs over is exactly the general path's serialization.
+    assert fast.params_text == serialize_signature_params(general.components, general.params)
+
+
+_CANONICAL_VARIANTS = st.lists(
+    st.sampled_from(
+        [
+            '"@method"',
+            '"@path"',
+            '"@query"',
+            '"content-digest"',
+            '"mcp-session-id"',
+            '"@authority"',
+            '"@method" ',
+            ' "@path"',
+            '"x\\"y"',
+        ]
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    components=_CANONICAL_VARIANTS,
+    params=st.permutations(
+        ["created=1700000000", 'nonce="n1"', f'keyid="{KEY_ID}"', 'alg="hmac-sha256"']
+    ),
+    extra=st.sampled_from(["", ";created=5", ";x=1", ';nonce="a\\"b"', ";y=?1", ";z=tok"]),
+    created=st.sampled_from(["1700000000", "0", "-5", "0012", '"1700000000"', "1.5"]),
+    nonce=st.sampled_from(['"n1"', '""', '"a;b=1"', "tok", '"' + "n" * 200 + '"']),
+    sig=st.sampled_from(["lh=:AAAA:", "lh=:AAA:", "lh=:!!:", "lh=:AAAA:, x=:AAAA:", " lh=:AAAA:"]),
+)
+def test_canonical_fast_path_agrees_with_the_general_parser(
+    components, params, extra, created, nonce, sig
+):
+    v = SignatureVerifier(keys, InMemoryNonceStore(), clock=FakeClock())
+    joined = [p.replace("1700000000", created) if p.startswith("created") else p for p in params]
+    joined = [p.replace('"n1"', nonce) if p.startswith("nonce") else p for p in joined]
+    sig_input = "lh=(" + " ".join(components) + ")" + "".join(";" + p for p in joined) + extra
+    _same_verdict(v, sig_input, sig)
+
+
+def test_signed_requests_take_the_canonical_fast_path():
+    view = signed_view(nonce="n-fast")
+    v = SignatureVerifier(keys, InMemoryNonceStore(), clock=FakeClock())
+    sig_input, sig = view.headers["Signature-Input"], view.headers["Signature"]
+    assert v._parse_canonical(sig_input, sig) is not None
+    _same_verdict(v, sig_input, sig)
