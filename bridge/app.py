@@ -23,7 +23,9 @@ from .config import Settings
 from .connections import limit_connections
 from .core import BRIDGE, Bridge, load_or_create_key, open_bridge, package_version
 from .discovery import remove_discovery, write_discovery
+from .domain import SESSION_CLOSED, session_stream
 from .mcp import McpEndpoint, SessionTable, StateSealer
+from .mcp.state import LocalUsedStates, SharedUsedStates, UsedStates
 from .tools import AgentTools
 
 log = logging.getLogger("lighthouse")
@@ -74,19 +76,27 @@ def _bridge_ctx(settings: Settings) -> Any:
                 tools,
                 tools,
                 SessionTable(
+                    prefix=settings.node + ".",  # the balancer's key (deploy/) to this bridge
                     per_agent=settings.max_sessions_per_agent,
                     total=settings.max_sessions,
                     idle_timeout_s=settings.session_idle_timeout_s,
                     # a session that never sent `initialized` is given a minute at most
                     init_timeout_s=min(60.0, settings.session_idle_timeout_s),
                 ),
-                StateSealer(request_state_key, ttl_s=settings.request_state_ttl_s),
+                StateSealer(
+                    request_state_key, ttl_s=settings.request_state_ttl_s, used=_used_states(bridge)
+                ),
                 server_name="lighthouse",
                 server_version=package_version(),
                 instructions="Coordination bridge: ask other agents questions, answer theirs.",
             )
             app[BRIDGE] = bridge
             flusher = asyncio.create_task(refusal_flusher(bridge), name="refusal-flusher")
+            assert bridge.nodes is not None
+            await bridge.nodes.start(
+                lambda: bridge.log.applied, f"http://{settings.host}:{settings.port}"
+            )
+            await _close_orphan_sessions(bridge)
             moved = await bridge.router.adopt_open_requests()
             if moved:
                 log.info("moved %d elicitations of the previous run to the legacy path", moved)
@@ -108,6 +118,25 @@ def _bridge_ctx(settings: Settings) -> Any:
             await bridge.close()
 
     return ctx
+
+
+def _used_states(bridge: Bridge) -> UsedStates:
+    """Shared when bridges share a store: a 2026-07-28 retry may reach any of them."""
+    if bridge.settings.database_url or bridge.settings.redis_url:
+        return SharedUsedStates(bridge.nonces)
+    return LocalUsedStates()
+
+
+async def _close_orphan_sessions(bridge: Bridge) -> None:
+    """Sessions the log says are open on this node died with its previous run (a kill or
+    a crash): record them closed, so no bridge routes to them any longer."""
+    for orphan in bridge.presence.orphans():
+        await bridge.log.record(
+            session_stream(orphan.session_id),
+            SESSION_CLOSED,
+            {"agent": orphan.agent, "session_id": orphan.session_id, "reason": "bridge_restart"},
+            actor="bridge",
+        )
 
 
 async def _mcp(request: web.Request) -> web.StreamResponse:
@@ -142,6 +171,13 @@ async def _health(request: web.Request) -> web.Response:
             },
             "sessions": bridge.presence.counts(),
             "open_requests": len(bridge.requests.open),
+            "node": {
+                "id": bridge.settings.node,
+                # positions committed (by any bridge) not yet applied to this one's state
+                "behind_head": max(0, head.position - bridge.log.applied),
+                "peers": bridge.nodes.peers() if bridge.nodes is not None else [],
+                "remote_sessions": bridge.presence.remote_counts(),
+            },
         }
     )
 

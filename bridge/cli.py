@@ -34,6 +34,7 @@ from .config import (
     env_admin_token,
     env_checkpoint_file,
     env_redis_url,
+    valid_node_id,
 )
 from .display import printable, table
 from .observability import configure_logging
@@ -91,6 +92,7 @@ def _serve(args: argparse.Namespace, serve: Callable[[Settings], None]) -> None:
             redis_url=args.redis_url or env_redis_url(),
             redis_prefix=args.redis_prefix,
             key_dir=Path(args.key_dir) if args.key_dir else None,
+            node_id=_node_id(args.node_id),
             synchronous=args.synchronous,
             admin_token=env_admin_token(),
             elicitation_default=not args.no_elicitation,
@@ -108,6 +110,7 @@ def _serve(args: argparse.Namespace, serve: Callable[[Settings], None]) -> None:
             guard_min_samples=args.guard_min_samples,
             trusted_proxies=tuple(args.trusted_proxy),
             allowed_origins=tuple(args.allowed_origin),
+            allowed_hosts=tuple(args.allowed_host),
             max_content_bytes=args.max_content_bytes,
             max_open_per_caller=args.max_open_per_caller,
             max_open_per_recipient=args.max_open_per_recipient,
@@ -122,6 +125,12 @@ def _serve(args: argparse.Namespace, serve: Callable[[Settings], None]) -> None:
             checkpoint_file=Path(args.checkpoint_file) if args.checkpoint_file else None,
         )
     )
+
+
+def _node_id(node: str | None) -> str | None:
+    if node is not None and not valid_node_id(node):
+        raise CliError("--node-id must be 1-48 of A-Z a-z 0-9 _ -", EXIT_USAGE)
+    return node
 
 
 def _metrics_token(path: str | None) -> str | None:
@@ -457,6 +466,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         default="lighthouse:",
         help="key prefix in Redis (one per deployment sharing the server)",
     )
+    s.add_argument(
+        "--node-id",
+        help="this bridge's name among bridges sharing one store; starts its session ids "
+        "(default HOST-PORT, stable across restarts)",
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--synchronous", default="FULL", choices=["NORMAL", "FULL", "EXTRA"])
@@ -528,6 +542,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         default=[],
         metavar="CIDR",
         help="honour X-Forwarded-For from these proxies (repeatable)",
+    )
+    s.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="Host header allowed besides the bound address (repeatable): the name clients "
+        "use for a load balancer in front (one name for every bridge behind it)",
     )
     s.add_argument(
         "--allowed-origin",

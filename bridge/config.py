@@ -7,6 +7,8 @@ other users of the machine can read in the process list.
 from __future__ import annotations
 
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +33,9 @@ class Settings:
     redis_prefix: str = "lighthouse:"
     """Key prefix in Redis, so several deployments (or test runs) can share one server."""
     key_dir: Path | None = None
+    node_id: str | None = None
+    """This bridge's name among the bridges of one store (`--node-id`); the start of its
+    session ids. Default `node_name(host, port)`: stable across restarts on one machine."""
     checkpoint_file: Path | None = None
     synchronous: str = "FULL"
     checkpoint_every: int = 1000
@@ -49,6 +54,7 @@ class Settings:
     request_state_ttl_s: float = 900.0
     trusted_proxies: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     # refusals written to the log: `burst` individually per source and reason per window
     refusal_window_s: float = 60.0
     refusal_burst: int = 5
@@ -79,6 +85,10 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
 
     @property
+    def node(self) -> str:
+        return self.node_id or node_name(self.host, self.port)
+
+    @property
     def keys(self) -> Path:
         return self.key_dir or self.db.with_name(self.db.name + ".keys")
 
@@ -107,6 +117,20 @@ class Settings:
             checkpoint_interval=self.checkpoint_interval,
             readonly=readonly,
         )
+
+
+_NODE_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def node_name(host: str, port: int) -> str:
+    """`<hostname>-<port>` in session-id characters (no dot: the dot ends the prefix). The
+    host's name, not the bind address: two machines binding 0.0.0.0:8765 stay distinct."""
+    name = socket.gethostname().split(".")[0] if host in ("0.0.0.0", "::", "") else host
+    return _NODE_CHARS.sub("-", f"{name}-{port}").strip("-")[:48] or f"node-{port}"
+
+
+def valid_node_id(node: str) -> bool:
+    return 0 < len(node) <= 48 and _NODE_CHARS.search(node) is None
 
 
 def env_checkpoint_file() -> Path | None:

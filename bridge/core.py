@@ -44,6 +44,7 @@ from .log import Log
 from .mailbox import Mailboxes
 from .mcp import McpEndpoint
 from .metrics import Metrics
+from .nodes import PostgresNodes, SoloNodes
 from .observability import EventLogger
 from .refusals import RefusalLedger
 from .routing import Limits, Requests, Router
@@ -83,11 +84,14 @@ class Bridge:
     refusals: RefusalLedger
     endpoint: McpEndpoint | None = None
     guard: Guard | None = None
+    nodes: SoloNodes | None = None
 
     async def close(self) -> None:
         """Close everything, each step whatever the previous one raised: the store (and
         its writer lock) must be released even when a stop goes wrong."""
         try:
+            if self.nodes is not None:
+                await self.nodes.close()
             await self.log.stop_following()
             await self.router.close()
         finally:
@@ -145,7 +149,9 @@ def content_sealer(store_id: str, vault: SQLiteSecretVault, metrics: Metrics) ->
 
 async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) -> Bridge:
     registry, flags, mailboxes = KeyRegistry(), Flags(), Mailboxes()
-    requests, presence, metrics = Requests(), Presence(), Metrics()
+    node = settings.node
+    nodes = PostgresNodes(node, settings.database_url) if settings.database_url else SoloNodes(node)
+    requests, presence, metrics = Requests(), Presence(node, nodes.alive), Metrics()
     store.commit_observer = metrics.observe_commit
     store.state.observer = metrics.observe_store_failure
     event_logger = EventLogger()
@@ -161,7 +167,7 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
         raise
     event_log = Log(
         store,
-        [RegistryProjection(registry), flags, requests, mailboxes, event_logger],
+        [RegistryProjection(registry), flags, requests, mailboxes, presence, event_logger],
         sealer=sealer,
     )
     try:
@@ -192,7 +198,10 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
             max_open_per_recipient=settings.max_open_per_recipient,
             max_fanout=settings.max_fanout,
         ),
+        nodes=nodes,
     )
+    event_log.on_followed.append(router.on_followed)
+    nodes.on_tick = router.check_peers
     bridge = Bridge(
         settings=settings,
         store=store,
@@ -211,8 +220,14 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
         agent_limiter=agent_rate_limiter(settings),
         address_limiter=address_rate_limiter(settings.ip_rate_per_s, settings.ip_burst),
         admin=AdminAuth(token),
-        origin=origin_policy(settings.host, settings.port, extra_origins=settings.allowed_origins),
+        origin=origin_policy(
+            settings.host,
+            settings.port,
+            extra_hosts=settings.allowed_hosts,
+            extra_origins=settings.allowed_origins,
+        ),
         refusals=RefusalLedger(settings.refusal_window_s, settings.refusal_burst),
+        nodes=nodes,
     )
     if nonces.created_new and nonces.born_at > 0:
         await _record_new_nonce_store(bridge)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -60,6 +60,9 @@ class Log:
         self._watermark = 0  # every position <= watermark has been applied
         self._above: set[int] = set()
         self._follower: asyncio.Task[None] | None = None
+        # Called with each fact the follower applied (another bridge's append, or one of
+        # ours it saw first): how a bridge reacts to work routed to it by its peers.
+        self.on_followed: list[Callable[[Fact], None]] = []
 
     @property
     def applied(self) -> int:
@@ -82,11 +85,26 @@ class Log:
         while True:
             try:
                 async for r in self.store.subscribe(self._watermark + 1):
-                    self._apply_record(r)
+                    fact = self._apply_record(r)
+                    if fact is not None:
+                        for observer in self.on_followed:
+                            try:
+                                observer(fact)
+                            except Exception:  # one observer's bug must not stop following
+                                log.exception("observer of followed facts failed")
                 return  # the store closed
             except StoreError as exc:  # e.g. the database is unreachable: catch up later
                 log.warning("following the shared log paused: %s", exc)
                 await asyncio.sleep(_FOLLOW_RETRY_S)
+
+    async def catch_up(self, timeout_s: float = 2.0) -> None:
+        """Wait (bounded) until every position up to the store's head is applied here: after
+        a conflict, the fact that won is then in the projections."""
+        head = (await self.store.head()).position
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._watermark < head and loop.time() < deadline:
+            await asyncio.sleep(0.005)
 
     async def replay(self) -> int:
         """Rebuild every projection from the whole log; returns the number of facts."""
@@ -110,10 +128,14 @@ class Log:
             return records
         return [msgspec.structs.replace(r, data=self.sealer.open_record(r)) for r in records]
 
-    def _apply_record(self, r: Record) -> None:
-        data = r.data if self.sealer is None else self.sealer.open_record(r)
+    def _apply_record(self, r: Record) -> Fact | None:
+        """Open, track and apply one stored record; the fact, or None if applied already."""
         self._track(r.stream, r.version)
-        self._apply(Fact(r.position, r.stream, r.type, data, r.actor, r.time))
+        if r.position <= self._watermark or r.position in self._above:
+            return None  # our own append coming back through the subscription: no decrypt
+        data = r.data if self.sealer is None else self.sealer.open_record(r)
+        fact = Fact(r.position, r.stream, r.type, data, r.actor, r.time)
+        return fact if self._apply(fact) else None
 
     def _track(self, stream: str, version: int) -> None:
         if version > self._versions.get(stream, 0):
@@ -179,12 +201,13 @@ class Log:
         event = NewEvent(type=type_, data=data, actor=actor)
         return (await self.append(stream, [event]))[0]
 
-    def _apply(self, fact: Fact) -> None:
+    def _apply(self, fact: Fact) -> bool:
         if fact.position <= self._watermark or fact.position in self._above:
-            return  # an idempotent retry handed back positions already applied
+            return False  # an idempotent retry handed back positions already applied
         for projection in self._projections:
             projection.apply(fact)
         self._above.add(fact.position)
         while self._watermark + 1 in self._above:
             self._watermark += 1
             self._above.remove(self._watermark)
+        return True

@@ -383,6 +383,8 @@ async def _plan_request(
         return decide("expire", "deadline_passed")
     if path == "elicitation" and live is not None and live.answer is not None:
         return decide("in_flight", "owned_by_running_bridge")
+    if path == "elicitation" and live is not None and _pushed_by_live_peer(bridge, live.node):
+        return decide("in_flight", "owned_by_running_bridge")  # another bridge pushes it
     info = registry.agents.get(req.recipient)
     if info is None or info.revoked:
         return decide("expire", "recipient_unknown" if info is None else "recipient_revoked")
@@ -403,11 +405,22 @@ async def _stale_sessions(
             continue
         if bridge is not None and bridge.presence.get(session_id) is not None:
             continue
+        if _pushed_by_live_peer(bridge, session_id.partition(".")[0]):
+            continue  # held by another bridge that is alive
         records = await store.read_stream(session_stream(session_id))
         if any(r.type == SESSION_CLOSED for r in records):
             continue
         stale.append((session_id, agent, records[-1].version if records else 0))
     return stale
+
+
+def _pushed_by_live_peer(bridge: Bridge | None, node: str | None) -> bool:
+    """Several bridges on one store: what another live bridge holds is not an orphan."""
+    if bridge is None or bridge.nodes is None or not node:
+        return False
+    return node != bridge.router.node and node in {
+        p["node"] for p in bridge.nodes.peers() if p["alive"]
+    }
 
 
 def _drift(snap: Snapshot, live: Requests) -> list[str]:
@@ -611,7 +624,7 @@ async def repair_store(
     since another writer may have run in between.
     """
     readonly = dataclasses.replace(config, readonly=True)
-    store = await SqliteEventStore.open(readonly)
+    store = await _open_store(readonly)
     try:
         plan = await plan_repair(store, readonly, accept_damage=accept_damage, progress=progress)
     finally:
@@ -628,10 +641,19 @@ async def repair_store(
         await store.close()
 
 
-async def _open_writer(config: StoreConfig, *, damaged: bool) -> SqliteEventStore:
+async def _open_store(config: StoreConfig) -> Any:
+    """SQLite, or the PostgreSQL store when the config has a URL (`--database-url`)."""
+    if config.url:
+        from events.postgres import PostgresEventStore
+
+        return await PostgresEventStore.open(config)
+    return await SqliteEventStore.open(config)
+
+
+async def _open_writer(config: StoreConfig, *, damaged: bool) -> Any:
     """The writable store; a store whose tail was cut needs the store's consent to open."""
     try:
-        return await SqliteEventStore.open(config)
+        return await _open_store(config)
     except StoreError as exc:
         if not damaged or exc.reason != "store_damaged":
             raise
@@ -698,6 +720,13 @@ def add_commands(subparsers: Any) -> None:
     )
     r.add_argument("--db", help="store file (default ./lighthouse.db)")
     r.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="repair the PostgreSQL store (or LIGHTHOUSE_DATABASE_URL) when no bridge serves "
+        "it; with bridges running, repair through one of them (LIGHTHOUSE_URL) instead",
+    )
+    r.add_argument("--key-dir", help="the store's key dir (default beside --db)")
+    r.add_argument(
         "--dry-run", action="store_true", help="report what would be done; append nothing"
     )
     r.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -715,12 +744,18 @@ def cmd_repair(args: argparse.Namespace) -> int:
     Errors are printed and returned here rather than raised as `cli.CliError`: run as
     `python -m bridge.cli`, that module is `__main__` and its `CliError` is another class.
     """
-    from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_UNAVAILABLE, _db, _use_server
+    from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, _db, _use_server
+    from .config import env_database_url
 
     db = _db(args)
     try:
+        url = getattr(args, "database_url", None) or env_database_url()
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise _Failed("--database-url must be a postgresql:// URL", EXIT_USAGE)
         if _use_server(args):
             report, where = _via_server(args, db), "the running bridge"
+        elif url:
+            report, where = _direct(args, db, url), "the PostgreSQL store"
         elif not db.exists():
             raise _Failed(f"no store at {db}", EXIT_UNAVAILABLE)
         else:
@@ -741,14 +776,15 @@ class _Failed(Exception):
         self.code = code
 
 
-def _direct(args: argparse.Namespace, db: Path) -> RepairReport:
+def _direct(args: argparse.Namespace, db: Path, url: str | None = None) -> RepairReport:
     from .config import Settings
 
+    key_dir = Path(args.key_dir) if getattr(args, "key_dir", None) else None
     progress = _terminal_progress() if sys.stderr.isatty() else None
     try:
         return asyncio.run(
             repair_store(
-                Settings(db=db).store_config(),
+                Settings(db=db, database_url=url, key_dir=key_dir).store_config(),
                 dry_run=args.dry_run,
                 accept_damage=args.accept_damage,
                 actor="cli",

@@ -5,7 +5,15 @@ fallen back) with the path, delivered, then exactly one terminal fact — answer
 declined, cancelled, timed out or expired. Elicitation and the legacy mailbox may both be
 live for one request after a fallback; whichever answers first closes it, and every later
 answer is refused and recorded. The claim on a request is taken synchronously before the
-terminal append, so two answers racing on the event loop cannot both win.
+terminal append, so two answers racing on the event loop cannot both win; across bridges
+the terminal fact is appended with the request stream's `expected_version`, so two bridges
+closing one request at once cannot both write a terminal fact.
+
+Several bridges on one store: the bridge that takes an `ask` picks the recipient's bridge
+(`RequestRouted.node`); that bridge's log follower sees the fact and pushes
+(`on_followed`), no other does. The answer it records reaches the asking bridge through
+its follower, and the `Requests` projection resolves the waiting `ask` from the terminal
+fact, whichever bridge wrote it.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from .log import Log
 from .mailbox import fair
 from .mcp import PushFailed
 from .metrics import Metrics
+from .nodes import SoloNodes
 from .schema import ContentError, check_content, check_schema
 from .sessions import LiveSession, Presence
 
@@ -148,6 +157,8 @@ class OpenRequest:
     delivery: asyncio.Task[None] | None = None
     offered: bool = False  # handed to a 2026-07-28 wait call
     elicitation_rounds: int = 0
+    node: str | None = None  # the bridge that pushes it (RequestRouted.node)
+    version: int = 0  # facts in its stream so far: the terminal append expects it
     extra: dict[str, Any] = field(default_factory=dict)
 
     def result_future(self) -> asyncio.Future[dict[str, Any]]:
@@ -174,6 +185,9 @@ class Requests:
 
     def apply(self, fact: Fact) -> None:
         data = fact.data
+        req = self.open.get(data.get("request_id", "")) if isinstance(data, dict) else None
+        if req is not None and fact.stream == request_stream(req.request_id):
+            req.version += 1
         if fact.type == REQUEST_CREATED:
             req = OpenRequest(
                 data["request_id"],
@@ -187,14 +201,15 @@ class Requests:
                     data["to"], data["message"], data["schema"], data["timeout_s"]
                 ),
                 position=fact.position,
+                version=1,
             )
             self.open[req.request_id] = req
             self.by_caller[req.caller] += 1
             self.by_recipient[req.recipient] += 1
         elif fact.type in (REQUEST_ROUTED, REQUEST_FELL_BACK):
-            req = self.open.get(data["request_id"])
             if req is not None:
                 req.path = data.get("path", "legacy")
+                req.node = data.get("node") if req.path == "elicitation" else None
                 req.notify()
         elif fact.type in TERMINAL_TYPES:
             request_id = data["request_id"]
@@ -212,6 +227,8 @@ class Requests:
                 counter[agent] -= 1
                 if counter[agent] <= 0:
                     del counter[agent]
+            if req.delivery is not None and req.delivery is not asyncio.current_task():
+                req.delivery.cancel()  # e.g. another bridge's answer ends our pending push
             # Every way a request closes (answer, timeout, repair) ends here: waiting askers
             # and get_request long-polls are released by the fact itself.
             if req.answer is not None and not req.answer.done():
@@ -254,8 +271,12 @@ class Router:
         default_timeout_s: float = 60.0,
         max_timeout_s: float = 3600.0,
         limits: Limits | None = None,
+        nodes: SoloNodes | None = None,
     ) -> None:
         self.log = log_
+        self.nodes = nodes or SoloNodes(presence.node)
+        self.node = self.nodes.node
+        self._mine: set[str] = set()  # requests this bridge created and is routing now
         self.requests = requests
         self.registry = registry
         self.presence = presence
@@ -309,6 +330,7 @@ class Router:
         recipient = self._resolve(caller, to)
         deadline = _now() + timeout
         path, reason = self._choose_path(recipient)
+        node = self._push_node(recipient) if path == "elicitation" else None
         created = {
             "request_id": request_id,
             "from": caller,
@@ -328,30 +350,39 @@ class Router:
             "path": path,
             "reason" if routed_type == REQUEST_ROUTED else "cause": reason,
         }
+        if node is not None:
+            routed["node"] = node
         events = [
             NewEvent(type=REQUEST_CREATED, data=created, actor=caller),
             NewEvent(type=routed_type, data=routed, actor=caller),
         ]
         # A session with an open stream takes the push at once: its RequestDelivered goes in
         # the same append (still written before the push), one durable commit fewer.
-        target = self.presence.push_target(recipient) if path == "elicitation" else None
+        target = self.presence.push_target(recipient) if node == self.node else None
         if target is not None:
             delivered = _delivered(request_id, recipient, target)
             events.append(NewEvent(type=REQUEST_DELIVERED, data=delivered, actor="bridge"))
+        self._mine.add(request_id)
         try:
             await self.log.append(request_stream(request_id), events, expected_version=0)
         except WrongExpectedVersion:
+            self._mine.discard(request_id)
             # the same id raced in from another call: attach to (or refuse) what won
             attached = await self._attach(caller, request_id, mark, wait) if mark else None
             if attached is None:
                 raise AskError("request_id: already used; choose another") from None
             return attached
+        except BaseException:
+            self._mine.discard(request_id)
+            raise
         if path == "legacy" and reason != "offline":
             self.metrics.fallbacks.labels(reason).inc()
         req = self.requests.open[request_id]
+        req.extra["asked_here"] = True  # this bridge moves it on if its pusher dies
         self._arm_timeout(req)
-        if path == "elicitation":
+        if path == "elicitation" and node in (self.node, None):
             self._start_elicitation(req, target)
+        self._mine.discard(request_id)
         if not wait:
             return self._pending(req)
         future = req.result_future()
@@ -555,6 +586,8 @@ class Router:
 
     def _choose_path(self, recipient: str) -> tuple[str, str]:
         if not (self.presence.online(recipient)):
+            if self.presence.remote_target(recipient)[1]:
+                return "legacy", "bridge_gone"  # its only sessions were on a dead bridge
             return "legacy", "offline"
         if self.draining:
             return "legacy", "draining"
@@ -775,7 +808,7 @@ class Router:
             raise AnswerRefused("already_closed", "this request already has its answer")
         req.closing = True  # claimed before the await: a racing answer is refused above
         try:
-            await self.log.record(request_stream(req.request_id), terminal, data, actor=actor)
+            await self._append_terminal(req, terminal, data, actor)
         except BaseException:
             req.closing = False
             if req.request_id not in self._timers and req.request_id in self.requests.open:
@@ -1007,12 +1040,16 @@ class Router:
         return sum(moved)
 
     async def adopt_open_requests(self) -> int:
-        """After a restart: deadline timers back, and elicitations (whose sessions died
-        with the old process) moved to the legacy mailbox. Returns how many moved."""
+        """After a restart: deadline timers back, and THIS bridge's elicitations (whose
+        sessions died with the old process) moved to the legacy mailbox; another live
+        bridge's pushes are left alone. Returns how many moved. (Every bridge arms a timer
+        for every open request: the terminal append's expected version lets one win.)"""
         for req in self.requests.open.values():
             if req.request_id not in self._timers:
                 self._arm_timeout(req)
-        return await self.fall_back_all("bridge_restart")
+        mine = [r for r in self.in_flight() if r.node in (None, self.node)]
+        moved = await asyncio.gather(*(self.fall_back(r, "bridge_restart") for r in mine))
+        return sum(moved)
 
     async def close(self) -> None:
         for timer in self._timers.values():
@@ -1020,3 +1057,67 @@ class Router:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- several bridges ------------------------------------------------------------------
+
+    def _push_node(self, recipient: str) -> str | None:
+        """Which bridge pushes: this one when it holds a session (or the 2026-07-28 wait)
+        that can take it, else the bridge of the recipient's newest capable session. None:
+        offered to whichever bridge's wait call the 2026-07-28 recipient holds."""
+        if self.presence.push_target(recipient) is not None:
+            return self.node
+        if any(s.elicitation for s in self.presence.sessions_of(recipient)):
+            return self.node  # its stream is about to open here (`_push_when_stream_opens`)
+        if self.presence.modern_reachable(recipient):
+            return None
+        return self.presence.remote_target(recipient)[0] or self.node
+
+    def on_followed(self, fact: Fact) -> None:
+        """A fact another bridge appended, just applied: push what was routed to us."""
+        if fact.type not in (REQUEST_ROUTED, REQUEST_FELL_BACK):
+            return
+        req = self.requests.open.get(fact.data.get("request_id", ""))
+        if req is None or req.request_id in self._mine or req.closing:
+            return
+        if req.path == "legacy":
+            return  # the mailbox projection queued it and woke the waiter
+        if req.node == self.node and req.delivery is None:
+            self._start_elicitation(req, None)
+        elif req.node is None:
+            self.wake(req.recipient)  # a 2026-07-28 wait held here may offer it
+
+    def check_peers(self) -> None:
+        """Heartbeat tick: requests this bridge asked whose pushing bridge is gone move to
+        the mailbox (`bridge_gone`); the asking bridge does it because it holds the
+        caller's ask (if it died too, its requests wait for their deadline timers)."""
+        for req in self.in_flight():
+            if (
+                req.node is not None
+                and req.node != self.node
+                and req.extra.get("asked_here")
+                and not self.nodes.alive(req.node)
+            ):
+                self.spawn(self.fall_back(req, "bridge_gone"))
+
+    async def _append_terminal(
+        self, req: OpenRequest, terminal: str, data: dict[str, Any], actor: str
+    ) -> None:
+        """The terminal fact, appended only if nothing else entered the request's stream
+        since we last saw it; a fact from elsewhere (a delivery, a refusal — or another
+        bridge's terminal fact) makes us catch up with the log and look again."""
+        stream = request_stream(req.request_id)
+        event = NewEvent(type=terminal, data=data, actor=actor)
+        for _ in range(_CAS_ATTEMPTS):
+            try:
+                await self.log.append(stream, [event], expected_version=req.version)
+                return
+            except WrongExpectedVersion:
+                await self.log.catch_up()
+                if req.request_id not in self.requests.open:
+                    raise AnswerRefused(
+                        "already_closed", "this request already has its answer"
+                    ) from None
+        raise AnswerRefused("busy", "the request changed under every attempt to close it")
+
+
+_CAS_ATTEMPTS = 20

@@ -7,13 +7,22 @@ their connections alive — an SSE response costs them a fresh TCP connection pe
 JSON body cannot carry a server request, so the GET stream is the only way in; we never pick
 a session without one. A
 2026-07-28 client has no session: it is reachable while it holds a `wait_for_messages` call.
+
+Several bridges on one store: a session lives on the bridge whose node id starts it.
+`apply` follows SessionOpened/SessionClosed (they name the node) so every bridge knows
+the *remote* sessions too — enough to route a request to the recipient's bridge, which
+then pushes it (only it holds the stream). A remote session counts only while its node is
+alive (`alive`, from the heartbeats).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .domain import SESSION_CLOSED, SESSION_OPENED, Fact
 
 MODERN_PROTOCOL = "2026-07-28"
 MODERN_SEEN_S = 60.0
@@ -32,6 +41,16 @@ class LiveSession:
 
 
 @dataclass(slots=True)
+class KnownSession:
+    """A session as the log tells it: on which bridge, for whom, whether it can elicit."""
+
+    session_id: str
+    agent: str
+    node: str
+    elicitation: bool
+
+
+@dataclass(slots=True)
 class ModernClient:
     """A 2026-07-28 agent: reachable through its pending waits."""
 
@@ -41,7 +60,13 @@ class ModernClient:
 
 
 class Presence:
-    def __init__(self) -> None:
+    def __init__(
+        self, node: str = "", alive: Callable[[str | None], bool] = lambda node: True
+    ) -> None:
+        self.node = node
+        self.alive = alive
+        self._known: dict[str, KnownSession] = {}  # from the log, every node's
+        self._known_by_agent: dict[str, dict[str, KnownSession]] = {}
         self._sessions: dict[str, LiveSession] = {}
         self._by_agent: dict[str, dict[str, LiveSession]] = {}  # agent -> sessions, in order
         self._owners: dict[str, str] = {}
@@ -105,6 +130,51 @@ class Presence:
                 return session
         return None
 
+    # -- sessions on other bridges (a projection of the log) --------------------------------
+
+    def apply(self, fact: Fact) -> None:
+        data = fact.data
+        if fact.type == SESSION_OPENED and data.get("node"):
+            known = KnownSession(
+                data["session_id"], data["agent"], data["node"], bool(data.get("elicitation"))
+            )
+            self._known[known.session_id] = known
+            self._known_by_agent.setdefault(known.agent, {})[known.session_id] = known
+        elif fact.type == SESSION_CLOSED:
+            known = self._known.pop(data.get("session_id", ""), None)
+            if known is not None:
+                mine = self._known_by_agent.get(known.agent, {})
+                mine.pop(known.session_id, None)
+                if not mine:
+                    self._known_by_agent.pop(known.agent, None)
+
+    def remote_sessions(self, agent: str) -> list[KnownSession]:
+        """`agent`'s sessions on other bridges, oldest first, live or not."""
+        return [s for s in self._known_by_agent.get(agent, {}).values() if s.node != self.node]
+
+    def remote_target(self, agent: str) -> tuple[str | None, bool]:
+        """(node of the newest elicitation-capable session on a live other bridge, whether
+        some session of `agent` sits on a bridge that is gone)."""
+        gone = False
+        for s in reversed(self.remote_sessions(agent)):
+            if not self.alive(s.node):
+                gone = True
+            elif s.elicitation:
+                return s.node, gone
+        return None, gone
+
+    def remote_online(self, agent: str) -> bool:
+        return any(self.alive(s.node) for s in self.remote_sessions(agent))
+
+    def orphans(self) -> list[KnownSession]:
+        """Sessions the log says are open on THIS node but that this process does not hold:
+        they died with a previous run (to be recorded closed at start-up)."""
+        return [
+            s
+            for s in self._known.values()
+            if s.node == self.node and s.session_id not in self._sessions
+        ]
+
     # -- 2026-07-28 clients ----------------------------------------------------------------
 
     def modern(self, agent: str) -> ModernClient:
@@ -134,14 +204,26 @@ class Presence:
         modern = client is not None and (
             client.waiting > 0 or time.time() - client.last_seen < MODERN_SEEN_S
         )
-        return modern or any(True for _ in self.sessions_of(agent))
+        return modern or any(True for _ in self.sessions_of(agent)) or self.remote_online(agent)
 
     def elicitation_capable(self, agent: str) -> bool:
-        return self.modern_reachable(agent) or any(s.elicitation for s in self.sessions_of(agent))
+        return (
+            self.modern_reachable(agent)
+            or any(s.elicitation for s in self.sessions_of(agent))
+            or self.remote_target(agent)[0] is not None
+        )
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for s in self._sessions.values():
             out[s.protocol] = out.get(s.protocol, 0) + 1
         out[MODERN_PROTOCOL] = sum(1 for c in self._modern.values() if c.waiting > 0)
+        return out
+
+    def remote_counts(self) -> dict[str, int]:
+        """Open sessions per other node, as the log tells it."""
+        out: dict[str, int] = {}
+        for s in self._known.values():
+            if s.node != self.node:
+                out[s.node] = out.get(s.node, 0) + 1
         return out

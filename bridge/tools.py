@@ -210,6 +210,7 @@ class AgentTools:
                 "session_id": session.id,
                 "protocol": session.version,
                 "elicitation": session.elicitation,
+                "node": self.presence.node,  # where its stream lives: who may push to it
             },
             actor=session.agent,
         )

@@ -576,7 +576,7 @@ class McpEndpoint:
             raise ProtocolError(INVALID_PARAMS, "inputResponses must be an object")
         if token is not None:
             try:
-                call.state = self.sealer.open(token, agent, call.name, call.arguments)
+                call.state = await self.sealer.open(token, agent, call.name, call.arguments)
             except StateRejected as rejected:
                 await self.hooks.refused(agent, f"request_state_{rejected.reason}", call.name)
                 raise ProtocolError(

@@ -6,15 +6,21 @@ agent, the tool call it came from (name and arguments) and an expiry, and we rem
 state's id until it expires so a second use is refused — single use is enforced here, on
 the server, not trusted to the client. Every refusal names its reason, so it can be
 recorded and counted.
+
+Where the used ids live is `UsedStates`: `LocalUsedStates` (this process's memory) for one
+bridge, `SharedUsedStates` over the deployment's shared nonce store (Redis `SET NX`, or
+PostgreSQL `lh_nonces`) when several bridges serve one system — a 2026-07-28 client's
+retry may land on any bridge, and a state used on bridge A must be refused on bridge B.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import os
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -49,12 +55,54 @@ def call_digest(tool: str, arguments: dict[str, Any]) -> str:
     return hashlib.sha256(tool.encode() + b"\0" + _encoder.encode(arguments)).hexdigest()[:32]
 
 
-class StateSealer:
-    def __init__(self, key: bytes, *, ttl_s: float = 900.0) -> None:
-        self._aead = AESGCM(hashlib.sha256(b"lighthouse requestState key\0" + key).digest())
-        self.ttl_s = ttl_s
+class UsedStates(Protocol):
+    async def use(self, jti: str, expires: float) -> bool:
+        """True the first time `jti` is used (remembered until `expires`), atomically."""
+        ...
+
+
+class LocalUsedStates:
+    """One process's memory: enough for a single bridge."""
+
+    def __init__(self) -> None:
         self._used: dict[str, float] = {}  # jti -> expiry, until it expires
         self._purge_at = 1024
+
+    async def use(self, jti: str, expires: float) -> bool:
+        if jti in self._used:
+            return False
+        self._forget_expired(time.time())
+        self._used[jti] = expires
+        return True
+
+    def _forget_expired(self, now: float) -> None:
+        if len(self._used) < self._purge_at:
+            return
+        for jti in [j for j, exp in self._used.items() if exp < now]:
+            del self._used[jti]
+        self._purge_at = max(1024, 2 * len(self._used))
+
+
+class SharedUsedStates:
+    """Used ids in the shared nonce store (any `security.NonceStore`: its `claim` is the
+    same atomic first-use test). Keyed apart from agents' nonces by a key id no agent can
+    have; `created` is chosen so the store keeps the id until the state's own expiry."""
+
+    _KEY_ID = "lighthouse:requestState"
+
+    def __init__(self, nonces: Any) -> None:
+        self._nonces = nonces
+
+    async def use(self, jti: str, expires: float) -> bool:
+        created = math.ceil(expires - self._nonces.window)
+        return bool(await self._nonces.claim(self._KEY_ID, jti, created, time.time()))
+
+
+class StateSealer:
+    def __init__(self, key: bytes, *, ttl_s: float = 900.0, used: UsedStates | None = None) -> None:
+        self._aead = AESGCM(hashlib.sha256(b"lighthouse requestState key\0" + key).digest())
+        self.ttl_s = ttl_s
+        self._used = used or LocalUsedStates()
 
     def seal(
         self, agent: str, tool: str, arguments: dict[str, Any], payload: dict[str, Any]
@@ -70,7 +118,7 @@ class StateSealer:
         box = self._aead.encrypt(nonce, _encoder.encode(sealed), _AAD)
         return _PREFIX + base64.urlsafe_b64encode(nonce + box).rstrip(b"=").decode()
 
-    def open(
+    async def open(
         self, token: object, agent: str, tool: str, arguments: dict[str, Any]
     ) -> dict[str, Any]:
         """The payload of a state minted for this agent and call, once; else StateRejected."""
@@ -94,15 +142,6 @@ class StateSealer:
             raise StateRejected("wrong_call")
         if sealed.exp < now:
             raise StateRejected("expired")
-        if sealed.jti in self._used:
+        if not await self._used.use(sealed.jti, sealed.exp):
             raise StateRejected("replayed")
-        self._forget_expired(now)
-        self._used[sealed.jti] = sealed.exp
         return sealed.payload
-
-    def _forget_expired(self, now: float) -> None:
-        if len(self._used) < self._purge_at:
-            return
-        for jti in [j for j, exp in self._used.items() if exp < now]:
-            del self._used[jti]
-        self._purge_at = max(1024, 2 * len(self._used))

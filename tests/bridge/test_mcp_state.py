@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
+from typing import Any
 
 import pytest
 
-from bridge.mcp.state import StateRejected, StateSealer
+from bridge.mcp.state import SharedUsedStates, StateRejected, StateSealer
 
 ARGS = {"timeout_s": 5}
 
 
+def _open(sealer: StateSealer, token: object, agent: str = "bob", args: Any = ARGS) -> Any:
+    return asyncio.run(sealer.open(token, agent, "wait_for_messages", args))
+
+
 def _reason(sealer: StateSealer, token: object, agent: str = "bob", args: dict = ARGS) -> str:
     with pytest.raises(StateRejected) as caught:
-        sealer.open(token, agent, "wait_for_messages", args)
+        _open(sealer, token, agent, args)
     return caught.value.reason
 
 
 def test_round_trip_once() -> None:
     sealer = StateSealer(b"k" * 32)
     token = sealer.seal("bob", "wait_for_messages", ARGS, {"offered": ["r1"]})
-    assert sealer.open(token, "bob", "wait_for_messages", ARGS) == {"offered": ["r1"]}
+    assert _open(sealer, token) == {"offered": ["r1"]}
     assert _reason(sealer, token) == "replayed"
 
 
@@ -43,7 +49,7 @@ def test_refusals_name_their_reason() -> None:
     assert _reason(sealer, token, agent="mallory") == "foreign"
     assert _reason(sealer, token, args={"timeout_s": 6}) == "wrong_call"
     # none of these used it up: the rightful retry still works
-    assert sealer.open(token, "bob", "wait_for_messages", ARGS) == {}
+    assert _open(sealer, token) == {}
 
 
 def test_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,11 +63,46 @@ def test_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_used_ids_are_forgotten_after_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Memory for replay refusal is bounded by what has not expired yet."""
     sealer = StateSealer(b"k" * 32, ttl_s=10)
-    for _ in range(1100):
-        sealer.open(sealer.seal("bob", "w", {}, {}), "bob", "w", {})
-    old = set(sealer._used)
+    used = sealer._used._used  # type: ignore[attr-defined]
+
+    async def use(n: int) -> None:
+        for _ in range(n):
+            await sealer.open(sealer.seal("bob", "w", {}, {}), "bob", "w", {})
+
+    asyncio.run(use(1100))
+    old = set(used)
     later = time.time() + 11
     monkeypatch.setattr(time, "time", lambda: later)
-    for _ in range(1000):
-        sealer.open(sealer.seal("bob", "w", {}, {}), "bob", "w", {})
-    assert len(sealer._used) == 1000 and not old & set(sealer._used)
+    asyncio.run(use(1000))
+    assert len(used) == 1000 and not old & set(used)
+
+
+def test_single_use_holds_across_bridges() -> None:
+    """Two bridges (two sealers, one key) sharing one PostgreSQL nonce table: a state used on
+    one is refused on the other — a 2026-07-28 retry may land on any bridge."""
+    from security.shared import PostgresNonceStore
+    from tests.pgtools import drop_created, fresh_database
+
+    url = fresh_database("state")
+
+    async def run() -> tuple[str, str]:
+        first, second = await PostgresNonceStore.open(url), await PostgresNonceStore.open(url)
+        try:
+            a = StateSealer(b"k" * 32, used=SharedUsedStates(first))
+            b = StateSealer(b"k" * 32, used=SharedUsedStates(second))
+            token = a.seal("bob", "wait_for_messages", ARGS, {"offered": ["r1"]})
+            assert await b.open(token, "bob", "wait_for_messages", ARGS) == {"offered": ["r1"]}
+            reasons = []
+            for sealer in (a, b):
+                with pytest.raises(StateRejected) as caught:
+                    await sealer.open(token, "bob", "wait_for_messages", ARGS)
+                reasons.append(caught.value.reason)
+            return reasons[0], reasons[1]
+        finally:
+            await first.close()
+            await second.close()
+
+    try:
+        assert asyncio.run(run()) == ("replayed", "replayed")
+    finally:
+        drop_created()

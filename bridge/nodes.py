@@ -1,0 +1,145 @@
+"""Which bridges of one store are alive: a heartbeat table, not facts in the log.
+
+Every bridge on a shared PostgreSQL store upserts its row in `lh_nodes` once a second and
+reads everyone's age in the same round trip. A row, not a `NodeHeartbeat` fact: a fact a
+second per bridge would put 86,400 events a day per bridge into the signed chain (every
+one hashed, checkpointed and replayed at each start) to carry state nobody needs
+afterwards — who was alive at 03:12 yesterday is not an audit question, whose session a
+request was pushed to is, and that stays in the log (`RequestRouted.node`,
+`SessionOpened.node`). Ages are computed by the database clock (`now() - last_seen`), so
+the bridges' clocks never decide whether a peer is gone.
+
+A bridge that stops cleanly deletes its row (its peers see it gone at once); one that dies
+stops beating and is `gone` after `STALE_S`. While this bridge cannot reach the database
+its cached ages keep growing, so its peers turn stale too — the safe direction: a push
+that cannot be confirmed is moved to the mailbox, never lost.
+
+A single SQLite bridge has no peers: `SoloNodes` says only this node is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+STALE_S = 5.0  # five missed beats: long enough for a GC pause or a slow commit
+
+
+class SoloNodes:
+    """One bridge on its own store: nobody else is alive, nothing to beat."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.on_tick: Callable[[], None] = lambda: None
+
+    def alive(self, node: str | None) -> bool:
+        return node is None or node == self.node
+
+    def peers(self) -> list[dict[str, Any]]:
+        return []
+
+    async def start(self, applied: Callable[[], int], url: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class PostgresNodes(SoloNodes):
+    """Heartbeats in table `lh_nodes` of the shared database."""
+
+    def __init__(self, node: str, database_url: str) -> None:
+        super().__init__(node)
+        self._url = database_url
+        self._pool: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._ages: dict[str, dict[str, Any]] = {}
+        self._fetched_at = time.monotonic()
+
+    async def start(self, applied: Callable[[], int], url: str) -> None:
+        import asyncpg
+
+        self._pool = await asyncpg.create_pool(
+            self._url, min_size=1, max_size=1, timeout=5, command_timeout=5
+        )
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS lh_nodes (node text PRIMARY KEY, url text NOT NULL,"
+                " started_at timestamptz NOT NULL DEFAULT now(),"
+                " last_seen timestamptz NOT NULL DEFAULT now(), applied bigint NOT NULL)"
+            )
+        await self._beat(applied(), url, started=True)
+        self._task = asyncio.create_task(self._run(applied, url), name="lighthouse-heartbeat")
+
+    async def _run(self, applied: Callable[[], int], url: str) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self._beat(applied(), url)
+            except Exception as exc:  # the database is away: ages keep growing meanwhile
+                log.warning("heartbeat failed: %s", exc)
+            try:
+                self.on_tick()
+            except Exception:
+                log.exception("heartbeat observer failed")
+
+    async def _beat(self, applied: int, url: str, *, started: bool = False) -> None:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "WITH beat AS (INSERT INTO lh_nodes (node, url, applied) VALUES ($1, $2, $3)"
+                " ON CONFLICT (node) DO UPDATE SET url = excluded.url,"
+                " applied = excluded.applied, last_seen = now()"
+                + (", started_at = now()" if started else "")
+                + " RETURNING node)"
+                " SELECT node, url, applied, extract(epoch FROM now() - last_seen) AS age,"
+                " extract(epoch FROM now() - started_at) AS up FROM lh_nodes"
+                " WHERE node <> $1",
+                self.node,
+                url,
+                applied,
+            )
+        self._ages = {
+            r["node"]: {"url": r["url"], "applied": r["applied"], "age": r["age"], "up": r["up"]}
+            for r in rows
+        }
+        self._fetched_at = time.monotonic()
+
+    def _age(self, row: dict[str, Any]) -> float:
+        return float(row["age"]) + (time.monotonic() - self._fetched_at)
+
+    def alive(self, node: str | None) -> bool:
+        if node is None or node == self.node:
+            return True
+        row = self._ages.get(node)
+        return row is not None and self._age(row) < STALE_S
+
+    def peers(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "node": node,
+                "url": row["url"],
+                "last_seen_s": round(self._age(row), 3),
+                "applied": row["applied"],
+                "alive": self._age(row) < STALE_S,
+            }
+            for node, row in sorted(self._ages.items())
+        ]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._pool is not None:
+            with contextlib.suppress(Exception):  # a clean stop: peers see us gone at once
+                async with self._pool.acquire() as conn:
+                    await conn.execute("DELETE FROM lh_nodes WHERE node = $1", self.node)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 2.0)
