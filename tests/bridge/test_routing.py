@@ -1,24 +1,254 @@
-"""bridge.routing across bridges: two routers on one PostgreSQL store, each following the
-other's appends. Two answers to one request, taken on different bridges at the same time,
-yield exactly one terminal fact; the other is refused as `already_closed`; and the
-asking bridge's waiting future is completed by the terminal fact the other bridge wrote."""
+"""The router on a real store (no network): re-attachable asks, get_request, quotas, size
+and fan-out caps, the bounded index of closed requests, and timeouts on a store that
+cannot be written. Across bridges: two routers on one PostgreSQL store, each following the
+other's appends — two answers to one request taken on different bridges at once yield
+exactly one terminal fact, and the asking bridge's ask completes from the other's fact."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from bridge.domain import REQUEST_CREATED, REQUEST_ROUTED, TERMINAL_TYPES, request_stream
+import pytest
+
+from bridge.app import Bridge, open_bridge
+from bridge.config import Settings
+from bridge.domain import (
+    ANSWER_REJECTED,
+    MESSAGE_SENT,
+    REQUEST_CREATED,
+    REQUEST_ROUTED,
+    REQUEST_TIMED_OUT,
+    TERMINAL_TYPES,
+    request_stream,
+)
 from bridge.flags import Flags
 from bridge.log import Log
 from bridge.metrics import Metrics
-from bridge.routing import AnswerRefused, Requests, Router
+from bridge.routing import AnswerRefused, AskError, Limits, Requests, Router, refusal_text
 from bridge.sessions import Presence
-from events import NewEvent, StoreConfig
+from events import NewEvent, OperationalError, Record, StoreConfig
 from security import KeyRegistry
+from tests.harness import SCHEMA
 from tests.pgtools import drop_created, fresh_database
 
-SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}}
+
+@pytest.fixture
+async def bridge(tmp_path: Path) -> AsyncIterator[Bridge]:
+    b = await open_bridge(Settings(db=tmp_path / "lighthouse.db"))
+    for name, roles in (("alice", []), ("bob", ["expert"]), ("carol", ["expert"])):
+        await b.agents.add(name, roles, [], "test")
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+async def _events(b: Bridge, *types: str) -> list[Record]:
+    return await b.store.read_all(1, limit=None, types=list(types))
+
+
+def _ask(b: Bridge, caller: str = "alice", **kw: Any) -> Any:
+    args: dict[str, Any] = {"to": "bob", "message": "q?", "schema": SCHEMA, "timeout_s": 30}
+    args.update(kw)
+    to, message, schema, timeout = (args.pop(k) for k in ("to", "message", "schema", "timeout_s"))
+    return b.router.ask(caller, to, message, schema, timeout, **args)
+
+
+async def test_reask_with_the_same_id_attaches_without_a_second_request(bridge: Bridge) -> None:
+    first = await _ask(bridge, request_id="job-1", wait=False)
+    assert first["status"] == "pending" and first["path"] == "legacy"
+    again = await _ask(bridge, request_id="job-1", wait=False)
+    assert again["request_id"] == "job-1" and again["status"] == "pending"
+    waiting = asyncio.create_task(_ask(bridge, request_id="job-1"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await bridge.router.answer("job-1", "bob", "accept", {"answer": "yes"}, "legacy")
+    result = await asyncio.wait_for(waiting, 5)
+    assert result["status"] == "accepted" and result["content"] == {"answer": "yes"}
+    # after the answer, a re-ask returns it at once (from the log)
+    late = await _ask(bridge, request_id="job-1")
+    assert late["status"] == "accepted" and late["content"] == {"answer": "yes"}
+    assert len(await _events(bridge, REQUEST_CREATED)) == 1
+    terminals = [r for r in await _events(bridge, *TERMINAL_TYPES)]
+    assert len(terminals) == 1
+
+
+async def test_reused_id_with_other_arguments_or_by_another_agent_is_refused(
+    bridge: Bridge,
+) -> None:
+    await _ask(bridge, request_id="job-2", wait=False)
+    with pytest.raises(AskError, match="different arguments"):
+        await _ask(bridge, request_id="job-2", message="another question", wait=False)
+    with pytest.raises(AskError, match="already used"):
+        await _ask(bridge, "carol", request_id="job-2", wait=False)
+    for bad in ("", "x" * 65, "a b", "job\n", "ü"):
+        with pytest.raises(AskError, match="request_id: must be 1-64"):
+            await _ask(bridge, request_id=bad, wait=False)
+    assert len(await _events(bridge, REQUEST_CREATED)) == 1
+
+
+async def test_get_request_long_polls_and_only_asker_and_recipient_may_read(
+    bridge: Bridge,
+) -> None:
+    await _ask(bridge, request_id="job-3", wait=False)
+    for reader in ("alice", "bob"):
+        view = await bridge.router.get_request(reader, "job-3")
+        assert view["status"] == "pending" and view["to"] == "bob"
+    with pytest.raises(AskError) as foreign:
+        await bridge.router.get_request("carol", "job-3")
+    with pytest.raises(AskError) as unknown:
+        await bridge.router.get_request("carol", "no-such-id")
+    assert str(foreign.value) == str(unknown.value)
+    with pytest.raises(AskError, match="wait_s"):
+        await bridge.router.get_request("alice", "job-3", 26)
+    polling = asyncio.create_task(bridge.router.get_request("alice", "job-3", 10))
+    await asyncio.sleep(0.05)
+    assert not polling.done()
+    started = time.monotonic()
+    await bridge.router.answer("job-3", "bob", "decline", None, "legacy")
+    view = await asyncio.wait_for(polling, 5)
+    assert view["status"] == "declined" and time.monotonic() - started < 2
+    # closed: still readable by both, still hidden from others
+    assert (await bridge.router.get_request("bob", "job-3"))["status"] == "declined"
+    with pytest.raises(AskError, match="no such request"):
+        await bridge.router.get_request("carol", "job-3")
+
+
+async def test_quotas_per_caller_and_per_recipient(bridge: Bridge) -> None:
+    bridge.router.limits = Limits(max_open_per_caller=3, max_open_per_recipient=4)
+    for _ in range(3):
+        await _ask(bridge, wait=False)
+    with pytest.raises(AskError, match="quota: you have 3 open requests"):
+        await _ask(bridge, wait=False)
+    await _ask(bridge, "carol", wait=False)  # another caller is still served
+    with pytest.raises(AskError, match="quota: bob has 4 open requests"):
+        await _ask(bridge, "carol", wait=False)
+    # a role skips the full recipient: carol is an expert too
+    view = await bridge.router.ask("bob", "role:expert", "q?", SCHEMA, 30, wait=False)
+    assert view["to"] == "carol"
+    assert len(await _events(bridge, REQUEST_CREATED)) == 5
+
+
+async def test_size_caps_on_question_answer_and_message(bridge: Bridge) -> None:
+    bridge.router.limits = Limits(max_content_bytes=1000)
+    with pytest.raises(AskError, match="more than the limit of 1000"):
+        await _ask(bridge, message="x" * 1000, wait=False)
+    with pytest.raises(AskError, match="more than the limit of 1000"):
+        await bridge.router.send_message("alice", "bob", "y" * 1001)
+    view = await _ask(bridge, wait=False)
+    with pytest.raises(AnswerRefused) as big:
+        await bridge.router.answer(
+            view["request_id"], "bob", "accept", {"answer": "z" * 2000}, "legacy"
+        )
+    assert big.value.reason == "too_large"
+    [rejected] = await _events(bridge, ANSWER_REJECTED)
+    assert "z" * 100 not in str(rejected.data) and rejected.data["content"]["bytes"] > 2000
+
+
+async def test_broadcast_is_stored_once_and_fan_out_is_capped(bridge: Bridge) -> None:
+    await bridge.agents.add("dave", ["expert"], [], "test")
+    sent = await bridge.router.send_message("alice", "role:expert", "hello experts")
+    assert [d["agent"] for d in sent["delivered_to"]] == ["bob", "carol", "dave"]
+    [event] = await _events(bridge, MESSAGE_SENT)
+    assert event.data["recipients"] == ["bob", "carol", "dave"]
+    for agent in ("bob", "carol", "dave"):
+        [item] = bridge.mailboxes.pending(agent, 10)
+        assert item.payload["content"] == "hello experts"
+    bridge.router.limits = Limits(max_fanout=2)
+    with pytest.raises(AskError, match="fan-out limit of 2"):
+        await bridge.router.send_message("alice", "role:expert", "again")
+    assert len(await _events(bridge, MESSAGE_SENT)) == 1
+
+
+async def test_junk_request_id_is_refused_and_stored_as_a_digest(bridge: Bridge) -> None:
+    junk = "\x1b[2J" + "A" * 200_000
+    with pytest.raises(AnswerRefused) as refused:
+        await bridge.router.answer(junk, "bob", "accept", {"answer": "B" * 200_000}, "legacy")
+    assert refused.value.reason == "bad_request_id" and junk not in str(refused.value)
+    [event] = await _events(bridge, ANSWER_REJECTED)
+    assert event.stream == "requests-unknown" and len(event.data["request_id"]) <= 80
+    assert "\x1b" not in event.data["request_id"]
+    assert len(str(event.data)) < 1000
+    assert event.data["request_id_digest"]["bytes"] == len(junk)
+
+
+async def test_timeout_reaches_the_caller_when_the_store_cannot_be_written(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller gets its timeout at the deadline even on a full disk; the timeout is
+    recorded once the store takes writes again (and only once)."""
+    monkeypatch.setattr("bridge.routing.RETRY_FIRST_S", 0.05)
+    asking = asyncio.create_task(_ask(bridge, request_id="full-1", timeout_s=0.5))
+    await asyncio.sleep(0.1)
+    real_append = bridge.store.append
+    failing = True
+
+    async def append(*args: Any, **kwargs: Any) -> Any:
+        if failing:
+            raise OperationalError("database or disk is full")
+        return await real_append(*args, **kwargs)
+
+    monkeypatch.setattr(bridge.store, "append", append)
+    started = time.monotonic()
+    result = await asyncio.wait_for(asking, 3)
+    assert result["status"] == "timeout" and time.monotonic() - started < 1.0
+    # a late answer meanwhile is refused: the timeout holds the claim
+    with pytest.raises(AnswerRefused):
+        await bridge.router.answer("full-1", "bob", "accept", {"answer": "late"}, "legacy")
+    with pytest.raises(OperationalError) as unavailable:  # new asks: nothing recorded
+        await _ask(bridge, wait=False)
+    assert "store_unavailable" in str(refusal_text(unavailable.value))
+    assert await _events(bridge, REQUEST_TIMED_OUT) == []
+    failing = False
+    await asyncio.sleep(0.5)
+    [timed_out] = await _events(bridge, REQUEST_TIMED_OUT)
+    assert timed_out.data["request_id"] == "full-1"
+    assert "full-1" not in bridge.requests.open
+
+
+def test_closed_index_is_bounded_and_late_answers_are_still_refused_from_the_log() -> None:
+    requests = Requests(closed_index=5)
+    from bridge.domain import Fact
+
+    for n in range(50):
+        rid = f"r{n}"
+        created = {
+            "request_id": rid,
+            "from": "alice",
+            "to": "bob",
+            "recipient": "bob",
+            "message": "q",
+            "schema": SCHEMA,
+            "timeout_s": 1.0,
+            "deadline": 0.0,
+        }
+        requests.apply(Fact(2 * n + 1, f"request-{rid}", REQUEST_CREATED, created, "alice", 0))
+        requests.apply(
+            Fact(2 * n + 2, f"request-{rid}", REQUEST_TIMED_OUT, {"request_id": rid}, "b", 0)
+        )
+    assert list(requests.closed) == [f"r{n}" for n in range(45, 50)]
+    assert not requests.open and not requests.by_caller and not requests.by_recipient
+
+
+async def test_late_answer_to_a_request_evicted_from_the_index(bridge: Bridge) -> None:
+    bridge.requests.closed_index = 1
+    first = await _ask(bridge, wait=False)
+    await bridge.router.answer(first["request_id"], "bob", "decline", None, "legacy")
+    second = await _ask(bridge, wait=False)
+    await bridge.router.answer(second["request_id"], "bob", "decline", None, "legacy")
+    assert first["request_id"] not in bridge.requests.closed
+    with pytest.raises(AnswerRefused) as late:
+        await bridge.router.answer(first["request_id"], "bob", "accept", {"answer": "x"}, "legacy")
+    assert late.value.reason == "already_closed"
+
+
+# -- several bridges on one PostgreSQL store -----------------------------------------------
+
+SHARED_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}}
 
 
 async def _bridge(url: str, tmp: Path, node: str) -> tuple[Router, Log]:
@@ -56,7 +286,7 @@ def test_one_terminal_fact_when_two_bridges_answer_at_once(tmp_path: Path) -> No
                     "to": "bob",
                     "recipient": "bob",
                     "message": "?",
-                    "schema": SCHEMA,
+                    "schema": SHARED_SCHEMA,
                     "timeout_s": 30,
                     "deadline": 4e9,
                 }
