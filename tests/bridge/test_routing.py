@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from bridge.app import Bridge, open_bridge
@@ -48,7 +49,11 @@ async def bridge(tmp_path: Path) -> AsyncIterator[Bridge]:
 
 
 async def _events(b: Bridge, *types: str) -> list[Record]:
-    return await b.store.read_all(1, limit=None, types=list(types))
+    """Recorded events, contents opened as the bridge reads them (they are sealed at rest)."""
+    records = await b.store.read_all(1, limit=None, types=list(types))
+    sealer = b.log.sealer
+    assert sealer is not None
+    return [msgspec.structs.replace(r, data=sealer.open_record(r)) for r in records]
 
 
 def _ask(b: Bridge, caller: str = "alice", **kw: Any) -> Any:
