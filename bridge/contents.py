@@ -108,7 +108,7 @@ def count_clear_contents(db: Path) -> ContentReport:
 
 
 def cmd_contents_check(args: argparse.Namespace) -> int:
-    from .cli import EXIT_FAIL, EXIT_OK, EXIT_UNAVAILABLE, CliError, _db
+    from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_UNAVAILABLE, CliError, _db
 
     settings = Settings(db=_db(args), key_dir=Path(args.key_dir) if args.key_dir else None)
     if not settings.db.exists():
@@ -144,7 +144,7 @@ def cmd_rotate_master(args: argparse.Namespace) -> int:
     then the new file moved over the old: at every step one file opens the vault."""
     from events.chain import write_secret_file
 
-    from .cli import EXIT_OK, CliError, _db, _server_up
+    from .cli_common import EXIT_OK, CliError, _db, _server_up
 
     if _server_up():
         raise CliError("a bridge is running: stop it before rotating the master key")
