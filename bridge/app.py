@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from events import Head, StoreError
+
 from .auth import AGENT, admin_auth, agent_auth, flush_refusals, host_guard, refusal_flusher
 from .backends import store_label
 from .config import Settings
@@ -149,8 +151,12 @@ async def _health(request: web.Request) -> web.Response:
     """`status` is `degraded` (with the store's cause) while the store fails, `draining`
     during a stop, else `ok`; still 200, so a load balancer keeps it while it recovers."""
     bridge = request.app[BRIDGE]
-    head = await bridge.store.head()
     store_health = bridge.store.health()
+    try:
+        head = await bridge.store.head()
+    except StoreError as exc:  # a shared store out of reach: say so, do not fail /health
+        head = Head(bridge.log.applied, "", "")
+        store_health = {**store_health, "status": "degraded", "reason": exc.reason}
     status = "ok"
     if store_health["status"] != "ok":
         status = "degraded"

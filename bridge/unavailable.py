@@ -12,16 +12,31 @@ import sqlite3
 
 from aiohttp import web
 
-from events import StoreError, unavailable
+from events import StoreError, StoreUnavailable, unavailable
 from events.sqlite import store_error
 
 
 def as_store_error(exc: BaseException, doing: str) -> StoreError | None:
-    """The classified store error behind `exc`, or None when it is not a store failure."""
+    """The classified store error behind `exc`, or None when it is not a store failure:
+    SQLite's errors by their cause; a shared store (PostgreSQL, Redis) that cannot be
+    reached, or answers with a server error, as `store_unavailable` or its SQLSTATE cause."""
     if isinstance(exc, StoreError):
         return exc
     if isinstance(exc, sqlite3.Error):
         return store_error(exc, doing)
+    if isinstance(exc, OSError | TimeoutError):  # refused, reset, timed out
+        return StoreUnavailable(f"{doing}: {exc or type(exc).__name__}")
+    module = type(exc).__module__.split(".")[0]
+    if module == "asyncpg":  # optional backends: imported only when one raised
+        import asyncpg
+
+        from events.postgres import pg_store_error
+
+        if isinstance(exc, asyncpg.PostgresError):
+            return pg_store_error(exc, doing)
+        return StoreUnavailable(f"{doing}: {exc or type(exc).__name__}")
+    if module == "redis":
+        return StoreUnavailable(f"{doing}: {exc or type(exc).__name__}")
     return None
 
 

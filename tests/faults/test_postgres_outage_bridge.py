@@ -1,0 +1,101 @@
+"""PostgreSQL out of reach for a few seconds under a running bridge: what clients see.
+
+A real `lighthouse serve --database-url` reaches PostgreSQL through a TCP proxy the test
+cuts and restores (the shared server is never touched). While it is cut, signed MCP
+requests get JSON 503 with the reason and `Retry-After` (no 500, no half-written state),
+`/health` says `degraded`; once it is restored the bridge serves again by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.attacks.conftest import Agent, RawClient, jsonrpc_payload, tool_call_body
+from tests.harness import BridgeProcess
+from tests.pgtools import drop_created, fresh_database
+
+from .tcp_proxy import TcpProxy
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_databases() -> Iterator[None]:
+    yield
+    drop_created()
+
+
+class ThreadedProxy:
+    """The proxy on its own event loop: the bridge process must reach PostgreSQL while
+    this test blocks on HTTP calls."""
+
+    def __init__(self, port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = self._run(TcpProxy("127.0.0.1", port).start())
+
+    def _run(self, coro: object) -> TcpProxy:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
+
+    def cut(self) -> None:
+        self._run(self.proxy.cut())
+
+    def restore(self) -> None:
+        self._run(self.proxy.restore())
+
+    def close(self) -> None:
+        self._run(self.proxy.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def _until(predicate: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def test_unreachable_postgres_is_503_with_a_reason_and_recovers(tmp_path: Path) -> None:
+    url = fresh_database("outage")
+    proxy = ThreadedProxy(5432)
+    via = url.replace(":5432/", f":{proxy.proxy.port}/")
+    bridge = BridgeProcess(tmp_path, extra_args=("--database-url", via)).start()
+    raw = RawClient(bridge)
+    try:
+        status, created = bridge.admin("POST", "/admin/agents", {"name": "alice"})
+        assert status == 201
+        bridge.agents["alice"] = Agent(created["agent"], created["key_id"], created["secret"])
+        session = raw.open_session("alice")
+        listing = tool_call_body("list_agents", {})
+        assert raw.post("alice", listing, session=session).status_code == 200
+
+        proxy.cut()
+        refused = raw.post("alice", listing, session=session)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["reason"] == "store_unavailable"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "Traceback" not in refused.text
+        health = bridge.health()
+        assert health["status"] == "degraded" and health["reason"] == "store_unavailable"
+
+        proxy.restore()
+
+        def serving() -> bool:
+            response = raw.post("alice", listing, session=session)
+            return response.status_code == 200 and "result" in jsonrpc_payload(response)
+
+        _until(serving, timeout=30)
+        _until(lambda: bridge.health()["status"] == "ok", timeout=30)
+    finally:
+        raw.close()
+        if bridge.proc is not None:
+            bridge.stop()
+        proxy.close()
