@@ -236,9 +236,10 @@ def serve(settings: Settings) -> None:
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(settings))
-    except KeyboardInterrupt:
-        pass
+        # Our own handlers take SIGINT/SIGTERM once serving; a Ctrl-C during start-up is
+        # still Python's KeyboardInterrupt, and the cleanup below is all it needs.
+        with contextlib.suppress(KeyboardInterrupt):
+            loop.run_until_complete(_serve(settings))
     finally:
         _cancel_all(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())

@@ -553,8 +553,8 @@ class McpEndpoint:
                 await response.write(
                     b"event: message\ndata: " + result_message(message.request_id, final) + b"\n\n"
                 )
-        except (ConnectionError, RuntimeError):
-            pass
+        except (ConnectionError, RuntimeError):  # the client left: a listen stream just ends
+            return response
         finally:
             left = self._listening.get(agent, 1) - 1
             if left > 0:
