@@ -45,6 +45,11 @@ class SoloNodes:
     def peers(self) -> list[dict[str, Any]]:
         return []
 
+    def live(self) -> list[str]:
+        """Every bridge alive now, this one included, in node order: the order in which
+        live bridges take over a dead peer's work, so that one of them does it first."""
+        return [self.node]
+
     async def start(self, applied: Callable[[], int], url: str) -> None:
         return None
 
@@ -120,6 +125,9 @@ class PostgresNodes(SoloNodes):
         row = self._ages.get(node)
         return row is not None and self._age(row) < STALE_S
 
+    def live(self) -> list[str]:
+        return sorted([self.node, *(n for n in self._ages if self.alive(n))])
+
     def peers(self) -> list[dict[str, Any]]:
         return [
             {
@@ -143,3 +151,23 @@ class PostgresNodes(SoloNodes):
                     await conn.execute("DELETE FROM lh_nodes WHERE node = $1", self.node)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 2.0)
+
+
+async def live_nodes(database_url: str) -> list[str]:
+    """The bridges alive on the store at `database_url` now, by the database clock, for a
+    process that is not a bridge itself (`lighthouse repair --database-url`); empty when no
+    bridge ever ran there (no table yet)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url, timeout=5, command_timeout=5)
+    try:
+        rows = await conn.fetch(
+            "SELECT node FROM lh_nodes WHERE now() - last_seen < make_interval(secs => $1)"
+            " ORDER BY node",
+            STALE_S,
+        )
+    except asyncpg.UndefinedTableError:
+        return []
+    finally:
+        await conn.close()
+    return [r["node"] for r in rows]

@@ -13,6 +13,13 @@ only reads; `run_repair` applies a plan through a `Log`. The CLI plans on a read
 open and takes the writer lock only when there is something to write; the admin route
 does the same inside the running bridge, where open requests the router still owns (an
 asker waiting in this process) are claimed the way the router claims them.
+
+Several bridges on one PostgreSQL store: repair reads their heartbeats (`lh_nodes`, aged by
+the database clock) and leaves to each live bridge what it holds — requests it asked
+(their deadline timers are its own), pushes on its sessions, the sessions themselves —
+reporting them as `live_bridge` with the bridge's node id. Only a dead bridge's work is
+resolved, and with expected versions, so a live bridge closing the same request at that
+moment makes repair's append fail, never both.
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ if TYPE_CHECKING:  # kept out of import time: every `lighthouse` command imports
     from .mailbox import Mailboxes
     from .routing import OpenRequest, Requests
 
-Action = Literal["fall_back", "expire", "pending", "in_flight", "skipped"]
+Action = Literal["fall_back", "expire", "pending", "in_flight", "live_bridge", "skipped"]
 Progress = Callable[[str, int, int], None]
 
 ACTOR: Final = "repair"
@@ -96,6 +103,7 @@ class Resolution(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     deadline: float
     applied: bool = False
+    node: str | None = None  # `live_bridge`: the live bridge that holds it
 
 
 class StateCounts(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,12 +134,20 @@ class RepairReport(msgspec.Struct, kw_only=True):
     head_before: int = 0
     head_after: int = 0
     appended: int = 0
+    live_bridges: list[str] = []  # other bridges alive on the store (their work is theirs)
 
     def ids(self, action: Action) -> list[str]:
         return [r.request_id for r in self.requests if r.action == action]
 
     def counts(self) -> dict[str, int]:
-        actions: tuple[Action, ...] = ("fall_back", "expire", "pending", "in_flight", "skipped")
+        actions: tuple[Action, ...] = (
+            "fall_back",
+            "expire",
+            "pending",
+            "in_flight",
+            "live_bridge",
+            "skipped",
+        )
         return {a: len(self.ids(a)) for a in actions} | {
             "sessions_closed": len(self.sessions_closed)
         }
@@ -267,6 +283,7 @@ class Plan:
     requests: list[tuple[Resolution, int]] = dataclasses.field(default_factory=list)
     sessions: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
     drift: list[str] = dataclasses.field(default_factory=list)
+    peers: frozenset[str] = frozenset()  # other bridges alive on the store
     cut: tuple[int, int] | None = None  # a cut tail: (last surviving, highest lost position)
 
     @property
@@ -321,9 +338,10 @@ async def plan_repair(
         return plan
     clock = now if now is not None else time.time()
     registry = bridge.registry if bridge is not None else snap.registry
+    plan.peers = await _live_peers(bridge, config)
     for req in sorted(snap.requests.open.values(), key=lambda r: r.created_at):
-        plan.requests.append(await _plan_request(store, req, registry, bridge, clock))
-    plan.sessions = await _stale_sessions(store, snap, bridge, session_boundary)
+        plan.requests.append(await _plan_request(store, req, registry, bridge, plan.peers, clock))
+    plan.sessions = await _stale_sessions(store, snap, bridge, session_boundary, plan.peers)
     if bridge is not None:
         plan.drift = _drift(snap, bridge.requests)
     return plan
@@ -350,11 +368,27 @@ def _damage_decision(report: VerifyReport, snap: Snapshot, accept: bool) -> str:
     return "would_accept" if accept else "refused"
 
 
+async def _live_peers(bridge: Bridge | None, config: StoreConfig) -> frozenset[str]:
+    """The other bridges alive on this store now (heartbeats in `lh_nodes`, judged by the
+    database clock): what they hold — the asks they took, their pushes, their sessions —
+    is theirs to close, not an orphan. Inside a bridge, its own view of its peers."""
+    if bridge is not None:
+        if bridge.nodes is None:
+            return frozenset()
+        return frozenset(n for n in bridge.nodes.live() if n != bridge.router.node)
+    if config.url:
+        from .nodes import live_nodes
+
+        return frozenset(await live_nodes(config.url))
+    return frozenset()
+
+
 async def _plan_request(
     store: EventStore,
     req: OpenRequest,
     registry: KeyRegistry,
     bridge: Bridge | None,
+    peers: frozenset[str],
     now: float,
 ) -> tuple[Resolution, int]:
     """Decide one open request from its own stream (the truth at this moment)."""
@@ -364,7 +398,7 @@ async def _plan_request(
     path = routed[-1].data.get("path") if routed else None
     live = bridge.requests.open.get(req.request_id) if bridge is not None else None
 
-    def decide(action: Action, reason: str) -> tuple[Resolution, int]:
+    def decide(action: Action, reason: str, node: str | None = None) -> tuple[Resolution, int]:
         resolution = Resolution(
             request_id=req.request_id,
             recipient=req.recipient,
@@ -372,6 +406,7 @@ async def _plan_request(
             action=action,
             reason=reason,
             deadline=req.deadline,
+            node=node,
         )
         return resolution, version
 
@@ -379,12 +414,16 @@ async def _plan_request(
         return decide("skipped", "closed_meanwhile")
     if live is not None and live.closing:
         return decide("skipped", "being_answered")
+    pusher = routed[-1].data.get("node") if path == "elicitation" else None
+    if pusher in peers:
+        return decide("live_bridge", "pushed_by_live_bridge", pusher)
+    asker = records[0].data.get("node") if records else None
+    if asker in peers:  # its deadline timer and its pusher's fate are that bridge's
+        return decide("live_bridge", "asked_on_live_bridge", asker)
     if req.deadline <= now:
         return decide("expire", "deadline_passed")
     if path == "elicitation" and live is not None and live.answer is not None:
         return decide("in_flight", "owned_by_running_bridge")
-    if path == "elicitation" and live is not None and _pushed_by_live_peer(bridge, live.node):
-        return decide("in_flight", "owned_by_running_bridge")  # another bridge pushes it
     info = registry.agents.get(req.recipient)
     if info is None or info.revoked:
         return decide("expire", "recipient_unknown" if info is None else "recipient_revoked")
@@ -394,7 +433,11 @@ async def _plan_request(
 
 
 async def _stale_sessions(
-    store: EventStore, snap: Snapshot, bridge: Bridge | None, boundary: int | None
+    store: EventStore,
+    snap: Snapshot,
+    bridge: Bridge | None,
+    boundary: int | None,
+    peers: frozenset[str],
 ) -> list[tuple[str, str, int]]:
     """Sessions the log shows open that no process holds any more: (id, agent, version)."""
     if bridge is not None and boundary is None:
@@ -405,22 +448,13 @@ async def _stale_sessions(
             continue
         if bridge is not None and bridge.presence.get(session_id) is not None:
             continue
-        if _pushed_by_live_peer(bridge, session_id.partition(".")[0]):
+        if session_id.partition(".")[0] in peers:
             continue  # held by another bridge that is alive
         records = await store.read_stream(session_stream(session_id))
         if any(r.type == SESSION_CLOSED for r in records):
             continue
         stale.append((session_id, agent, records[-1].version if records else 0))
     return stale
-
-
-def _pushed_by_live_peer(bridge: Bridge | None, node: str | None) -> bool:
-    """Several bridges on one store: what another live bridge holds is not an orphan."""
-    if bridge is None or bridge.nodes is None or not node:
-        return False
-    return node != bridge.router.node and node in {
-        p["node"] for p in bridge.nodes.peers() if p["alive"]
-    }
 
 
 def _drift(snap: Snapshot, live: Requests) -> list[str]:
@@ -501,6 +535,7 @@ def _report(plan: Plan, dry_run: bool) -> RepairReport:
         drift=plan.drift,
         head_before=head,
         head_after=head,
+        live_bridges=sorted(plan.peers),
     )
 
 
@@ -722,8 +757,8 @@ def add_commands(subparsers: Any) -> None:
     r.add_argument(
         "--database-url",
         metavar="URL",
-        help="repair the PostgreSQL store (or LIGHTHOUSE_DATABASE_URL) when no bridge serves "
-        "it; with bridges running, repair through one of them (LIGHTHOUSE_URL) instead",
+        help="repair the PostgreSQL store (or LIGHTHOUSE_DATABASE_URL) directly; what bridges "
+        "alive on it hold (by their heartbeats) is left to them and reported",
     )
     r.add_argument("--key-dir", help="the store's key dir (default beside --db)")
     r.add_argument(
@@ -739,7 +774,8 @@ def add_commands(subparsers: Any) -> None:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    """Through the running bridge when one serves the store, else on the file (`--db`).
+    """Through the running bridge when one serves the store, else on the file (`--db`) or
+    the PostgreSQL store (`--database-url`, which names the store and so goes direct).
 
     Errors are printed and returned here rather than raised as `cli.CliError`: run as
     `python -m bridge.cli`, that module is `__main__` and its `CliError` is another class.
@@ -752,7 +788,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
         url = getattr(args, "database_url", None) or env_database_url()
         if url and not url.startswith(("postgresql://", "postgres://")):
             raise _Failed("--database-url must be a postgresql:// URL", EXIT_USAGE)
-        if _use_server(args):
+        if _use_server(args) and not getattr(args, "database_url", None):
             report, where = _via_server(args, db), "the running bridge"
         elif url:
             report, where = _direct(args, db, url), "the PostgreSQL store"
@@ -820,15 +856,17 @@ _LABELS: Final[dict[str, str]] = {
     "expire": "expired",
     "pending": "pending, in mailbox",
     "in_flight": "in flight (running bridge)",
+    "live_bridge": "left to a live bridge",
     "skipped": "skipped (changed meanwhile)",
 }
 
 
 def _left(r: Resolution) -> str:
-    """For a request left open: how long until its deadline (the one it keeps)."""
-    if r.action not in ("pending", "in_flight"):
+    """For a request left open: who holds it, how long until its deadline."""
+    if r.action not in ("pending", "in_flight", "live_bridge"):
         return ""
-    return f"  (deadline in {max(0, round(r.deadline - time.time()))} s)"
+    held = f"owned by live bridge {r.node}, " if r.node else ""
+    return f"  ({held}deadline in {max(0, round(r.deadline - time.time()))} s)"
 
 
 def render(report: RepairReport, where: str) -> str:
@@ -846,6 +884,10 @@ def render(report: RepairReport, where: str) -> str:
         )
         lines += [f"    at {p.position}: {p.kind}: {p.detail}" for p in report.problems[:10]]
     s = report.state
+    if report.live_bridges:
+        lines.append(
+            f"  live bridges     {', '.join(report.live_bridges)} (what they hold is theirs)"
+        )
     if s is not None:
         lines.append(
             f"  rebuilt          {s.events_replayed} events replayed, {s.agents} agents "

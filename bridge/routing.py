@@ -67,6 +67,9 @@ MAX_GET_WAIT_S = 25.0
 # How long a failed write of a timeout waits before its next try (doubling up to the cap).
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 30.0
+# How long after a deadline the other bridges wait for the asking bridge to record the
+# timeout before one of them does (a commit and a follower's wake-up, with a wide margin).
+TAKEOVER_GRACE_S = 1.0
 
 
 class AskError(ValueError):
@@ -158,6 +161,7 @@ class OpenRequest:
     offered: bool = False  # handed to a 2026-07-28 wait call
     elicitation_rounds: int = 0
     node: str | None = None  # the bridge that pushes it (RequestRouted.node)
+    asked_on: str | None = None  # the bridge that took the ask (RequestCreated.node)
     version: int = 0  # facts in its stream so far: the terminal append expects it
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -202,6 +206,7 @@ class Requests:
                 ),
                 position=fact.position,
                 version=1,
+                asked_on=data.get("node"),
             )
             self.open[req.request_id] = req
             self.by_caller[req.caller] += 1
@@ -340,6 +345,7 @@ class Router:
             "schema": schema,
             "timeout_s": timeout,
             "deadline": deadline,
+            "node": self.node,  # who owns its deadline and moves it on if its pusher dies
         }
         routed_type = (
             REQUEST_ROUTED if path == "elicitation" or reason == "offline" else REQUEST_FELL_BACK
@@ -378,7 +384,6 @@ class Router:
         if path == "legacy" and reason != "offline":
             self.metrics.fallbacks.labels(reason).inc()
         req = self.requests.open[request_id]
-        req.extra["asked_here"] = True  # this bridge moves it on if its pusher dies
         self._arm_timeout(req)
         if path == "elicitation" and node in (self.node, None):
             self._start_elicitation(req, target)
@@ -640,14 +645,52 @@ class Router:
     # -- timeouts -------------------------------------------------------------------------
 
     def _arm_timeout(self, req: OpenRequest) -> None:
-        delay = max(0.0, req.deadline - _now())
+        """The request's deadline timer. The bridge that took the ask (or an earlier run of
+        this node, or anyone for a request that names no node) records the timeout at the
+        deadline; every other bridge holds a standby timer `TAKEOVER_GRACE_S` later, so a
+        request whose asking bridge died is still timed out while any bridge lives."""
+        self._disarm(req.request_id)
+        owner = req.asked_on in (None, self.node)
+        due = req.deadline if owner else req.deadline + TAKEOVER_GRACE_S
+        delay = max(0.0, due - _now())
         loop = asyncio.get_running_loop()
-        self._timers[req.request_id] = loop.call_later(delay, lambda: self.spawn(self._expire(req)))
+        self._timers[req.request_id] = loop.call_later(
+            delay, lambda: self.spawn(self._expire(req) if owner else self._take_over(req))
+        )
 
-    def _disarm(self, req: OpenRequest) -> None:
-        timer = self._timers.pop(req.request_id, None)
+    def _disarm(self, request_id: str) -> None:
+        timer = self._timers.pop(request_id, None)
         if timer is not None:
             timer.cancel()
+
+    def _standby_rank(self, req: OpenRequest) -> int:
+        """This bridge's turn among the live bridges that may take over a request its
+        asking bridge left (0: first). Node order, the same on every bridge: one bridge
+        acts, not all of them at once; the expected version keeps a second one harmless."""
+        live = [n for n in self.nodes.live() if n != req.asked_on]
+        return live.index(self.node) if self.node in live else len(live)
+
+    async def _take_over(self, req: OpenRequest) -> None:
+        """A standby timer fired: the request outlived its deadline by the grace, so its
+        asking bridge did not record the timeout. The first live bridge in node order
+        records it now; the others look again one grace per place later."""
+        self._timers.pop(req.request_id, None)
+        if req.closing or req.request_id not in self.requests.open:
+            return
+        rank = self._standby_rank(req)
+        if rank and not req.extra.get("standing_by"):
+            req.extra["standing_by"] = True
+            loop = asyncio.get_running_loop()
+            self._timers[req.request_id] = loop.call_later(
+                rank * TAKEOVER_GRACE_S, lambda: self.spawn(self._take_over(req))
+            )
+            return
+        log.warning(
+            "request %s outlived its deadline on bridge %s: timing it out here",
+            req.request_id,
+            req.asked_on,
+        )
+        await self._expire(req)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """A background task whose failure is logged, never left unretrieved."""
@@ -674,10 +717,13 @@ class Router:
         delay = RETRY_FIRST_S
         while req.request_id in self.requests.open:
             try:
-                await self.log.record(
-                    request_stream(req.request_id), REQUEST_TIMED_OUT, data, actor="bridge"
-                )
+                await self._append_terminal(req, REQUEST_TIMED_OUT, data, "bridge")
                 break
+            except AnswerRefused as refused:  # closed by another bridge meanwhile, or busy
+                if refused.reason == "already_closed":
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
             except StoreError as exc:
                 if req.answer is None or not req.answer.done():
                     req.result_future().set_result(
@@ -692,7 +738,7 @@ class Router:
         self._after_close(req)
 
     def _after_close(self, req: OpenRequest) -> None:
-        self._disarm(req)
+        self._disarm(req.request_id)
         if req.delivery is not None and req.delivery is not asyncio.current_task():
             req.delivery.cancel()
 
@@ -981,22 +1027,23 @@ class Router:
         delivery, req.delivery = req.delivery, None
         if cause in _SESSION_DEAD and delivery not in (None, asyncio.current_task()):
             delivery.cancel()
+        event = NewEvent(
+            type=REQUEST_FELL_BACK,
+            data={
+                "request_id": req.request_id,
+                "recipient": req.recipient,
+                "path": "legacy",
+                "cause": cause,
+            },
+            actor="bridge",
+        )
         try:
-            await self.log.record(
-                request_stream(req.request_id),
-                REQUEST_FELL_BACK,
-                {
-                    "request_id": req.request_id,
-                    "recipient": req.recipient,
-                    "path": "legacy",
-                    "cause": cause,
-                },
-                actor="bridge",
-            )
+            moved = await self._append_if_unchanged(req, event, moving=True)
         finally:
             req.falling_back = False
-        self.metrics.fallbacks.labels(cause).inc()
-        return True
+        if moved:
+            self.metrics.fallbacks.labels(cause).inc()
+        return moved
 
     def waiting_callers(self) -> int:
         """Asks whose caller is still waiting for the answer."""
@@ -1042,8 +1089,8 @@ class Router:
     async def adopt_open_requests(self) -> int:
         """After a restart: deadline timers back, and THIS bridge's elicitations (whose
         sessions died with the old process) moved to the legacy mailbox; another live
-        bridge's pushes are left alone. Returns how many moved. (Every bridge arms a timer
-        for every open request: the terminal append's expected version lets one win.)"""
+        bridge's pushes are left alone. Returns how many moved. (Every bridge holds a timer
+        for every open request, a standby one for a peer's: `_arm_timeout`.)"""
         for req in self.requests.open.values():
             if req.request_id not in self._timers:
                 self._arm_timeout(req)
@@ -1073,11 +1120,19 @@ class Router:
         return self.presence.remote_target(recipient)[0] or self.node
 
     def on_followed(self, fact: Fact) -> None:
-        """A fact another bridge appended, just applied: push what was routed to us."""
-        if fact.type not in (REQUEST_ROUTED, REQUEST_FELL_BACK):
+        """A fact another bridge appended, just applied: push what was routed to us, and
+        keep a standby deadline timer for every open request (`_arm_timeout`)."""
+        if fact.type in TERMINAL_TYPES:
+            self._disarm(fact.data["request_id"])  # closed elsewhere: no timer left behind
+            return
+        if fact.type not in (REQUEST_CREATED, REQUEST_ROUTED, REQUEST_FELL_BACK):
             return
         req = self.requests.open.get(fact.data.get("request_id", ""))
         if req is None or req.request_id in self._mine or req.closing:
+            return
+        if fact.type == REQUEST_CREATED:
+            if req.request_id not in self._timers:
+                self._arm_timeout(req)
             return
         if req.path == "legacy":
             return  # the mailbox projection queued it and woke the waiter
@@ -1087,15 +1142,17 @@ class Router:
             self.wake(req.recipient)  # a 2026-07-28 wait held here may offer it
 
     def check_peers(self) -> None:
-        """Heartbeat tick: requests this bridge asked whose pushing bridge is gone move to
-        the mailbox (`bridge_gone`); the asking bridge does it because it holds the
-        caller's ask (if it died too, its requests wait for their deadline timers)."""
+        """Heartbeat tick: requests whose pushing bridge is gone move to the mailbox
+        (`bridge_gone`), where the recipient's `wait_for_messages` on any bridge gets them.
+        The asking bridge moves its own; when it is gone too (or the request names none),
+        the first live bridge in node order does. The move is appended with the stream's
+        expected version, so two bridges that disagree for a beat still move it once."""
         for req in self.in_flight():
-            if (
-                req.node is not None
-                and req.node != self.node
-                and req.extra.get("asked_here")
-                and not self.nodes.alive(req.node)
+            if req.node is None or req.node == self.node or self.nodes.alive(req.node):
+                continue
+            if req.asked_on == self.node or (
+                (req.asked_on is None or not self.nodes.alive(req.asked_on))
+                and self._standby_rank(req) == 0
             ):
                 self.spawn(self.fall_back(req, "bridge_gone"))
 
@@ -1105,19 +1162,31 @@ class Router:
         """The terminal fact, appended only if nothing else entered the request's stream
         since we last saw it; a fact from elsewhere (a delivery, a refusal — or another
         bridge's terminal fact) makes us catch up with the log and look again."""
-        stream = request_stream(req.request_id)
         event = NewEvent(type=terminal, data=data, actor=actor)
+        if not await self._append_if_unchanged(req, event, moving=False):
+            if req.request_id not in self.requests.open:
+                raise AnswerRefused("already_closed", "this request already has its answer")
+            raise AnswerRefused("busy", "the request changed under every attempt to close it")
+
+    async def _append_if_unchanged(
+        self, req: OpenRequest, event: NewEvent, *, moving: bool
+    ) -> bool:
+        """Append `event` to the request's stream at the version this bridge last saw; on a
+        conflict catch up with the log and try again while the request is open — and, for
+        a move to the mailbox (`moving`), still in flight on the elicitation path and not
+        being closed (another bridge may have moved it first). False: not appended."""
+        stream = request_stream(req.request_id)
         for _ in range(_CAS_ATTEMPTS):
             try:
                 await self.log.append(stream, [event], expected_version=req.version)
-                return
+                return True
             except WrongExpectedVersion:
                 await self.log.catch_up()
                 if req.request_id not in self.requests.open:
-                    raise AnswerRefused(
-                        "already_closed", "this request already has its answer"
-                    ) from None
-        raise AnswerRefused("busy", "the request changed under every attempt to close it")
+                    return False
+                if moving and (req.path != "elicitation" or req.closing):
+                    return False
+        return False
 
 
 _CAS_ATTEMPTS = 20

@@ -729,8 +729,11 @@ class PostgresEventStore(GroupCommitStore):
             if self._appended is None:
                 self._appended = asyncio.get_running_loop().create_future()
             woken = self._appended
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the wake-up completes, and the follower could then never be stopped
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(woken), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await asyncio.shield(woken)
             with contextlib.suppress(StoreUnavailable):  # keep polling until it is back
                 await self._refresh_head()
 
@@ -746,7 +749,8 @@ class PostgresEventStore(GroupCommitStore):
                 self._notify_appended()  # re-check what happened while not listening
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 10.0)
+                        async with asyncio.timeout(10.0):  # (as in `_wait_beyond`)
+                            await lost.wait()
                     if not lost.is_set():
                         await conn.fetchval("SELECT 1")  # a silently dead link shows here
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:

@@ -149,6 +149,7 @@ async def test_repair_resolves_each_kind_of_open_request(tmp_path: Path) -> None
         "expire": 3,
         "pending": 1,
         "in_flight": 0,
+        "live_bridge": 0,
         "skipped": 0,
         "sessions_closed": 1,
     }

@@ -21,6 +21,7 @@ from bridge.domain import (
     ANSWER_REJECTED,
     MESSAGE_SENT,
     REQUEST_CREATED,
+    REQUEST_FELL_BACK,
     REQUEST_ROUTED,
     REQUEST_TIMED_OUT,
     TERMINAL_TYPES,
@@ -265,6 +266,7 @@ async def _bridge(url: str, tmp: Path, node: str) -> tuple[Router, Log]:
     await log.replay()
     log.start_following()
     router = Router(log, requests, KeyRegistry(), Presence(node), Flags(), Metrics())
+    log.on_followed.append(router.on_followed)
     return router, log
 
 
@@ -276,6 +278,41 @@ async def _until(predicate: object, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def _request_facts(
+    rid: str, *, deadline: float = 4e9, asked_on: str | None = None, pusher: str | None = None
+) -> list[NewEvent]:
+    """RequestCreated + RequestRouted as a bridge appends them (`asked_on`: its node;
+    `pusher`: routed to that bridge's session by elicitation, else to the mailbox)."""
+    created = {
+        "request_id": rid,
+        "from": "alice",
+        "to": "bob",
+        "recipient": "bob",
+        "message": "?",
+        "schema": SHARED_SCHEMA,
+        "timeout_s": 30,
+        "deadline": deadline,
+    }
+    if asked_on is not None:
+        created["node"] = asked_on
+    routed: dict[str, Any] = {"request_id": rid, "recipient": "bob"}
+    if pusher is None:
+        routed |= {"path": "legacy", "reason": "offline"}
+    else:
+        routed |= {"path": "elicitation", "reason": "eligible", "node": pusher}
+    return [
+        NewEvent(type=REQUEST_CREATED, data=created, actor="alice"),
+        NewEvent(type=REQUEST_ROUTED, data=routed, actor="alice"),
+    ]
+
+
+async def _close_all(*bridges: tuple[Router, Log]) -> None:
+    for router, log in bridges:
+        await router.close()
+        await log.stop_following()
+        await log.store.close()
+
+
 def test_one_terminal_fact_when_two_bridges_answer_at_once(tmp_path: Path) -> None:
     url = fresh_database("routing")
 
@@ -285,30 +322,7 @@ def test_one_terminal_fact_when_two_bridges_answer_at_once(tmp_path: Path) -> No
         try:
             for n in range(5):
                 rid = f"race{n}"
-                created = {
-                    "request_id": rid,
-                    "from": "alice",
-                    "to": "bob",
-                    "recipient": "bob",
-                    "message": "?",
-                    "schema": SHARED_SCHEMA,
-                    "timeout_s": 30,
-                    "deadline": 4e9,
-                }
-                routed = {
-                    "request_id": rid,
-                    "recipient": "bob",
-                    "path": "legacy",
-                    "reason": "offline",
-                }
-                await log_a.append(
-                    request_stream(rid),
-                    [
-                        NewEvent(type=REQUEST_CREATED, data=created, actor="alice"),
-                        NewEvent(type=REQUEST_ROUTED, data=routed, actor="alice"),
-                    ],
-                    expected_version=0,
-                )
+                await log_a.append(request_stream(rid), _request_facts(rid), expected_version=0)
                 waiting = a.requests.open[rid].result_future()  # alice's ask, on bridge a
                 await _until(lambda r=rid: r in b.requests.open)
                 outcomes = await asyncio.gather(
@@ -325,10 +339,74 @@ def test_one_terminal_fact_when_two_bridges_answer_at_once(tmp_path: Path) -> No
                 facts = await log_a.store.read_stream(request_stream(rid))
                 assert [f.type for f in facts if f.type in TERMINAL_TYPES] == ["RequestAnswered"]
         finally:
-            for router, log in ((a, log_a), (b, log_b)):
-                await router.close()
-                await log.stop_following()
-                await log.store.close()
+            await _close_all((a, log_a), (b, log_b))
+
+    try:
+        asyncio.run(run())
+    finally:
+        drop_created()
+
+
+def test_a_dead_askers_request_is_timed_out_once_by_the_bridges_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bridge a takes an ask and dies before its deadline. b and c learned the request by
+    following the log and hold standby timers; each sees only itself alive (SoloNodes), so
+    both take their turn at once — the expected version lets exactly one of them win."""
+    monkeypatch.setattr("bridge.routing.TAKEOVER_GRACE_S", 0.2)
+    url = fresh_database("routing")
+
+    async def run() -> None:
+        a, log_a = await _bridge(url, tmp_path, "a")
+        b, log_b = await _bridge(url, tmp_path, "b")
+        c, log_c = await _bridge(url, tmp_path, "c")
+        try:
+            deadline = time.time() + 0.5
+            facts = _request_facts("orphan", deadline=deadline, asked_on="a")
+            await log_a.append(request_stream("orphan"), facts, expected_version=0)
+            await _close_all((a, log_a))  # a "dies": its own timer never runs
+            await _until(lambda: "orphan" in b._timers and "orphan" in c._timers)
+            await _until(lambda: "orphan" in b.requests.closed and "orphan" in c.requests.closed, 5)
+            await asyncio.sleep(0.3)  # both timers have run by now
+            stream = await log_b.store.read_stream(request_stream("orphan"))
+            terminals = [r for r in stream if r.type in TERMINAL_TYPES]
+            assert [r.type for r in terminals] == [REQUEST_TIMED_OUT]
+            assert terminals[0].time >= deadline + 0.2
+            assert not b._timers and not c._timers
+        finally:
+            await _close_all((b, log_b), (c, log_c))
+
+    try:
+        asyncio.run(run())
+    finally:
+        drop_created()
+
+
+def test_a_push_whose_asker_and_pusher_died_moves_to_the_mailbox_once(tmp_path: Path) -> None:
+    """a asked, b pushes; both die. c and d each see only themselves alive, so at their
+    heartbeat tick both move the request to the mailbox at once: one RequestFellBack."""
+    url = fresh_database("routing")
+
+    async def run() -> None:
+        a, log_a = await _bridge(url, tmp_path, "a")
+        c, log_c = await _bridge(url, tmp_path, "c")
+        d, log_d = await _bridge(url, tmp_path, "d")
+        try:
+            facts = _request_facts("stranded", asked_on="a", pusher="b")
+            await log_a.append(request_stream("stranded"), facts, expected_version=0)
+            await _close_all((a, log_a))
+            await _until(lambda: all("stranded" in r.requests.open for r in (c, d)))
+            c.check_peers()
+            d.check_peers()
+            await _until(lambda: all(r.requests.open["stranded"].path == "legacy" for r in (c, d)))
+            stream = await log_c.store.read_stream(request_stream("stranded"))
+            moves = [r for r in stream if r.type == REQUEST_FELL_BACK]
+            assert [m.data["cause"] for m in moves] == ["bridge_gone"]
+            c.check_peers()  # no longer in flight: nothing more
+            await asyncio.sleep(0.1)
+            assert len(await log_c.store.read_stream(request_stream("stranded"))) == len(stream)
+        finally:
+            await _close_all((c, log_c), (d, log_d))
 
     try:
         asyncio.run(run())

@@ -114,22 +114,32 @@ class Cluster:
             await store.close()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("scaleout"), fresh_database("scaleout"))
+@contextlib.contextmanager
+def running_cluster(workdir: Path, agents: tuple[str, ...]) -> Iterator[Cluster]:
+    """Three bridges on a fresh database behind HAProxy, `agents` registered; stopped and
+    the database dropped afterwards."""
+    c = Cluster(workdir, fresh_database("scaleout"))
     try:
         c.start()
-        for name in ("alice", "bob", "carol", "dave", "erin"):
+        for name in agents:
             c.add_agent(name)
         # every bridge knows every agent (the registry follows the log) and its peers
         for bridge in c.bridges.values():
             _until(lambda b=bridge: len(b.health()["node"]["peers"]) == 2, 10)
-            _until(lambda b=bridge: _knows(b, "erin"), 10)
+            _until(lambda b=bridge: _knows(b, agents[-1]), 10)
         _until(lambda: _lb_up(c), 10)
         yield c
     finally:
         c.stop()
         drop_created()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(
+        tmp_path_factory.mktemp("scaleout"), ("alice", "bob", "carol", "dave", "erin")
+    ) as c:
+        yield c
 
 
 def _knows(bridge: BridgeProcess, agent: str) -> bool:
