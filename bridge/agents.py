@@ -164,7 +164,7 @@ class AgentService:
             "forced": bool(pending),
         }
         position = await self.log.record(agent_stream(name), AGENT_FORGOTTEN, data, actor=actor)
-        destroyed = sealer.keys.destroy(name)
+        destroyed = sealer.keys.destroy(key_ids)
         return {"agent": name, "erased_key_ids": destroyed, "position": position}
 
     def list(self) -> list[dict[str, Any]]:

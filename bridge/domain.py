@@ -52,6 +52,7 @@ ADMIN_AUTH_FAILED: Final = "AdminAuthFailed"
 CONSOLE_SIGNED_IN: Final = "ConsoleSignedIn"
 CONSOLE_SIGNED_OUT: Final = "ConsoleSignedOut"
 NONCE_STORE_CREATED: Final = "NonceStoreCreated"
+VAULT_IMPORTED: Final = "VaultImported"
 CONTENTS_READ: Final = "ContentsRead"
 
 TERMINAL_TYPES: Final = frozenset(

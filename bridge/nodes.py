@@ -143,3 +143,21 @@ class PostgresNodes(SoloNodes):
                     await conn.execute("DELETE FROM lh_nodes WHERE node = $1", self.node)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 2.0)
+
+
+async def live_nodes(database_url: str) -> list[str]:
+    """Bridges of the store whose heartbeat is fresh (for commands that must run alone)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url, timeout=5, command_timeout=5)
+    try:
+        if await conn.fetchval("SELECT to_regclass('lh_nodes')") is None:
+            return []
+        rows = await conn.fetch(
+            "SELECT node FROM lh_nodes WHERE now() - last_seen < make_interval(secs => $1)"
+            " ORDER BY node",
+            STALE_S,
+        )
+    finally:
+        await conn.close()
+    return [r["node"] for r in rows]

@@ -17,7 +17,9 @@ envelope and are handed on as they are.
 The key is the data key of the event's actor (the agent who wrote the content). When that
 key was destroyed by `agents forget`, contents read as ``[erased]``; when a record does not
 open for any other reason (moved, tampered, key row missing), it is reported by position
-and its contents read as ``[unreadable]`` — the other records are unaffected.
+and its contents read as ``[unreadable]`` — the other records are unaffected. A shared
+vault that cannot be reached is no verdict on a record: its `StoreError` goes up (the log
+follower retries from the same position; an append answers 503), nothing is marked.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Final
 
 import msgspec
 
-from events import NewEvent
+from events import NewEvent, StoreError
 from security.content import DataKeys, OpenError
 from security.keys import VaultError
 
@@ -196,6 +198,8 @@ class Sealer:
                 self.store_id, stream, version, event.event_id, event.type, key_id, fields
             )
             nonce, ciphertext = cipher.seal(plaintext, associated)
+        except StoreError:  # a shared vault out of reach: the store's 503, retry later
+            raise
         except Exception as exc:  # whatever broke (vault, key, encoding): nothing in clear
             self._on_seal_failure()
             raise SealError(f"cannot encrypt the contents of a {event.type}: {exc}") from None
@@ -250,6 +254,8 @@ class Sealer:
                 base64.b64decode(envelope["nonce"]), base64.b64decode(envelope["ct"]), associated
             )
             opened = _decode(plaintext)
+        except StoreError:  # a shared vault out of reach is no verdict on this record
+            raise
         except (OpenError, VaultError, KeyError, ValueError, TypeError, msgspec.DecodeError) as exc:
             failure = OpenFailure(position, stream, type_, str(exc) or type(exc).__name__)
             self.failures.append(failure)

@@ -728,9 +728,10 @@ class PostgresEventStore(GroupCommitStore):
         while self._head.position < position and not self._closed:
             if self._appended is None:
                 self._appended = asyncio.get_running_loop().create_future()
-            woken = self._appended
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(woken), self.poll_interval)
+            # `asyncio.wait`, not `wait_for(shield(…))`: on Python 3.11 wait_for drops a
+            # cancellation that arrives as the future completes (a commit of our own right
+            # before `stop_following`), and the follower would never stop.
+            await asyncio.wait([self._appended], timeout=self.poll_interval)
             with contextlib.suppress(StoreUnavailable):  # keep polling until it is back
                 await self._refresh_head()
 
