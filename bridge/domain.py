@@ -126,3 +126,6 @@ class Fact(NamedTuple):
     data: dict
     actor: str
     time: float
+    sealed: bool = False
+    """Its contents are encrypted in the store: `agents forget` of its actor erases them
+    (clear contents written before encryption existed stay as they are)."""

@@ -108,6 +108,13 @@ def keyless(type_: str, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def erased(type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A sealed fact's data as it reads once its author's keys are destroyed: what a
+    replay after `agents forget` gives, for projections that hold the fact already."""
+    fields = [f for f in CONTENT_FIELDS.get(type_, ()) if data.get(f) is not None]
+    return {**data, **dict.fromkeys(fields, ERASED)} if fields else data
+
+
 def redacted(type_: str, data: dict[str, Any]) -> dict[str, Any]:
     """The data with contents left out (sealed or clear): sizes and clear fields remain."""
     if is_sealed(data):
@@ -241,11 +248,11 @@ class Sealer:
         try:
             if not isinstance(key_id, str) or not isinstance(fields, list):
                 raise OpenError("malformed envelope")
+            if key_id in self.forgotten:  # before the vault: another bridge may be
+                out.update(dict.fromkeys(fields, ERASED))  # about to delete the key row
+                return out
             cipher = self.keys.cipher(key_id)
             if cipher is None:
-                if key_id in self.forgotten:
-                    out.update(dict.fromkeys(fields, ERASED))
-                    return out
                 raise OpenError(f"data key {key_id} is not in the vault")
             associated = _associated(
                 self.store_id, stream, version, event_id, type_, key_id, fields
