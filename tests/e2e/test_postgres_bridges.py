@@ -1,7 +1,8 @@
 """Two `lighthouse serve --database-url` processes on one PostgreSQL store.
 
-They share the store, the key dir and the local agent-secret vault (one working
-directory); nonces go to PostgreSQL or, with `--redis-url`, to Redis together with the
+They share the store and its secret vault, and the key dir (one working directory;
+`tests/e2e/test_shared_vault.py` runs bridges with separate ones); nonces go to
+PostgreSQL or, with `--redis-url`, to Redis together with the
 per-agent rate limit. What one bridge changes, the other applies within a second — an
 agent forgotten on one is erased from what the other hands out.
 """
