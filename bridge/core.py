@@ -13,12 +13,11 @@ import os
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
 from events import GroupCommitStore
-from events.chain import write_secret_file
 from security import (
     AdminAuth,
     DataKeys,
@@ -114,22 +113,36 @@ class Bridge:
                 await self.store.close()
 
 
-def load_or_create_key(path: Path, *, fresh: bool) -> bytes:
-    if path.exists():
-        raw = path.read_bytes().strip()
-        try:
-            key = base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
-        except ValueError:
-            key = b""
-        if len(key) != 32:  # never use a damaged key, never silently replace it
-            raise RuntimeError(
-                f"key file {path} is damaged (not 32 bytes of base64url); restore it from backup"
-            )
+REQUEST_STATE_KEY_ID: Final = "rs:request_state"
+
+
+def request_state_key(vault: SecretVault, legacy_file: Path) -> bytes:
+    """The key that seals 2026-07-28 `requestState`: one per store, kept in the vault.
+
+    Wrapped by the master key like every secret there, so every bridge of a shared store
+    seals and opens with the same key without one more file to copy, and a retry may land
+    on any bridge. Made once, by whichever bridge needs it first (the vault's insert decides
+    a race). Earlier releases kept it in `request_state.key` beside the store: that key is
+    taken over once, so states in flight across an upgrade stay valid; a damaged file is
+    refused, never replaced.
+    """
+    key = vault.get(REQUEST_STATE_KEY_ID)
+    if key is not None:
         return key
-    if not fresh:
-        raise RuntimeError(f"key file {path} is missing for an existing store; restore it")
-    key = os.urandom(32)
-    write_secret_file(path, base64.urlsafe_b64encode(key).rstrip(b"=") + b"\n")
+    made = _read_key_file(legacy_file) if legacy_file.exists() else os.urandom(32)
+    return vault.put_if_absent(REQUEST_STATE_KEY_ID, made)
+
+
+def _read_key_file(path: Path) -> bytes:
+    raw = path.read_bytes().strip()
+    try:
+        key = base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != 32:  # never use a damaged key, never silently replace it
+        raise RuntimeError(
+            f"key file {path} is damaged (not 32 bytes of base64url); restore it from backup"
+        )
     return key
 
 

@@ -191,6 +191,17 @@ class SecretVault(ABC):
             raise VaultError(f"key id {key_id} already has a secret")
         self._cache[key_id] = secret
 
+    def put_if_absent(self, key_id: str, secret: bytes) -> bytes:
+        """Store *secret* unless *key_id* has one; the stored secret either way. For a key
+        several processes may make at once: the first insert wins, the others read it."""
+        if self._insert(key_id, *_wrap(self._aead, key_id, secret)):
+            self._cache[key_id] = secret
+            return secret
+        stored = self.get(key_id)
+        if stored is None:  # inserted and deleted between our two statements
+            raise VaultError(f"key id {key_id} vanished while it was being created")
+        return stored
+
     def get(self, key_id: str) -> bytes | None:
         """The secret, or None when the key id has none."""
         cached = self._cache.get(key_id)

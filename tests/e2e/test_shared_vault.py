@@ -34,15 +34,9 @@ from tests.harness import (
 )
 from tests.pgtools import drop_created, fresh_database
 
-SHARED_KEY_FILES = (
-    "master.key",
-    "chain.key",
-    "checkpoint.key",
-    "checkpoint.pub",
-    "request_state.key",
-)
+SHARED_KEY_FILES = ("master.key", "chain.key", "checkpoint.key", "checkpoint.pub")
 """What every bridge of one store must carry (README "Running several bridges");
-`admin.token` may differ per bridge."""
+`admin.token` may differ per bridge, and the requestState key is in the shared vault."""
 QUESTION = "where did the heron land"
 
 
@@ -58,9 +52,7 @@ def copy_key_dir(source: BridgeProcess, target: Path, *, replace: bool = False) 
     keys = target / "lighthouse.db.keys"
     keys.mkdir(mode=0o700, exist_ok=replace)
     for name in SHARED_KEY_FILES:
-        origin = source.workdir / "lighthouse.db.keys" / name
-        if origin.exists():  # request_state.key: made by the first `serve`, not by the CLI
-            shutil.copy2(origin, keys / name)
+        shutil.copy2(source.workdir / "lighthouse.db.keys" / name, keys / name)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +123,48 @@ async def test_an_agent_added_on_one_bridge_asks_through_the_other(pair) -> None
     assert answer["content"] == {"answer": "on the lighthouse roof"}
     # alice's data key was made by B when it sealed her question; A opens it from the vault.
     assert _question_of(a, "alice") == QUESTION
+
+
+async def test_a_2026_question_offered_by_one_bridge_is_answered_through_the_other(pair) -> None:
+    """The requestState A sealed opens on B: its key is in the shared vault, not a file."""
+    from benchmarks.light_load import MODERN_VERSION, McpClient, Target
+
+    a, b = pair
+    assert not (b.workdir / "lighthouse.db.keys" / "request_state.key").exists()
+    add_on(a, b, "gina")
+    ivan = add_on(a, b, "ivan")
+    creds = {"name": ivan.name, "key_id": ivan.key_id, "secret": ivan.secret}
+    on_a, on_b = (
+        McpClient(Target.of(x.mcp_url, signed=True, bare=False), creds, MODERN_VERSION)
+        for x in (a, b)
+    )
+    await on_a.initialize({"elicitation": {"form": {}}})
+    await on_b.initialize({"elicitation": {"form": {}}})
+    args = {"timeout_s": 10, "max": 1}
+    try:
+        async with a.client("gina") as gina:  # asked where ivan waits: A offers, B takes
+            waiting = asyncio.create_task(on_a.call_tool("wait_for_messages", args))
+            await asyncio.sleep(0.3)  # ivan's wait is held on A
+            call = asyncio.create_task(
+                gina.call_tool("ask", {"to": "ivan", "message": QUESTION, "schema": SCHEMA})
+            )
+            offer = await waiting
+            assert offer["resultType"] == "input_required", offer
+            [(rid, _)] = offer["inputRequests"].items()
+            answered = await on_b.call_tool(
+                "wait_for_messages",
+                args,
+                inputResponses={rid: {"action": "accept", "content": {"answer": "B took it"}}},
+                requestState=offer["requestState"],
+            )
+            assert answered["structuredContent"]["answered"], answered
+            result = await call
+    finally:
+        on_a.close()
+        on_b.close()
+    assert result.is_error is False and result.structured_content["content"] == {
+        "answer": "B took it"
+    }
 
 
 def test_rotation_and_revocation_on_one_bridge_hold_on_the_other_within_a_second(pair) -> None:
@@ -213,9 +247,10 @@ def test_another_master_key_is_refused_by_a_vault_without_secrets(tmp_path: Path
     first = BridgeProcess(tmp_path / "a", extra_args=("--database-url", url))
     first.workdir.mkdir()
     first.start()
-    first.stop()  # the vault is initialized (key check row) but holds no secret
+    first.stop()  # the vault is initialized (key check row) but holds no agent's secret
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT count(*) FROM key_vault").fetchone() == (0,)
+        rows = conn.execute("SELECT key_id FROM key_vault").fetchall()
+        assert rows == [("rs:request_state",)]  # only the requestState key, made by `serve`
         assert conn.execute("SELECT count(*) FROM key_vault_check").fetchone() == (1,)
         before = conn.execute("SELECT max(position) FROM events").fetchone()
     second = tmp_path / "b"
@@ -268,7 +303,8 @@ def test_the_command_line_works_on_the_shared_vault(tmp_path: Path) -> None:
     report = json.loads(cli("contents", "check", "--json").stdout)
     assert report["erased"] == 1 and report["failures"] == []
     rotated = cli("keys", "rotate-master")
-    assert "re-wrapped 3 key(s)" in rotated.stdout and "copy" in rotated.stdout
+    # bob's secret and data key, alice's secret (her data key is gone), the requestState key
+    assert "re-wrapped 4 key(s)" in rotated.stdout and "copy" in rotated.stdout
     out = lighthouse("serve", "--port", "1", "--database-url", url, cwd=bridge.workdir, check=False)
     assert out.returncode == 1 and "master key does not open the vault" in out.stderr
     copy_key_dir(BridgeProcess(here), bridge.workdir, replace=True)  # the new key, everywhere
@@ -295,7 +331,10 @@ async def test_a_local_vault_of_the_previous_release_is_moved_at_start(tmp_path:
     bridge.stop()
     # As the previous release left it: the rows in the local file, none in PostgreSQL.
     with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute("SELECT key_id, nonce, ciphertext, created FROM key_vault").fetchall()
+        rows = conn.execute(  # that release kept the requestState key in a file
+            "SELECT key_id, nonce, ciphertext, created FROM key_vault"
+            " WHERE key_id <> 'rs:request_state'"
+        ).fetchall()
         conn.execute("DELETE FROM key_vault")
         conn.execute("DELETE FROM key_vault_check")
     local = sqlite3.connect(bridge.db)

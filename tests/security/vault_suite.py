@@ -90,6 +90,15 @@ class SecretVaultConformance:
         with self.another(where, master) as other:
             assert other.get("k_1") == b"a" * 32
 
+    def test_put_if_absent_the_first_writer_wins_everywhere(
+        self, where: Any, master: bytes, vault: SecretVault
+    ) -> None:
+        with self.another(where, master) as other:  # two bridges making one shared key
+            first = vault.put_if_absent("rs:request_state", b"a" * 32)
+            second = other.put_if_absent("rs:request_state", b"b" * 32)
+        assert first == second == b"a" * 32
+        assert vault.put_if_absent("rs:request_state", b"c" * 32) == b"a" * 32
+
     def test_delete_destroys_the_secret(
         self, where: Any, master: bytes, vault: SecretVault
     ) -> None:
