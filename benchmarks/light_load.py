@@ -1226,15 +1226,22 @@ def _target(
 
 
 def judge(cells: list[dict[str, Any]], idle: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 11's performance targets, one row per (target, cell), met or missed."""
+    """Issue 11's performance targets, and issue 13's sealing budget when the unsealed peer
+    ran, one row per (target, cell), met or missed."""
     bare = {
         (c["kind"], c["pairs"], c["offered_asks_per_s"]): c for c in cells if c["server"] == "bare"
     }
-    plain = {c["cell"]: c for c in cells if c["server"] != "bare"}
+    unsealed = {c["cell"]: c for c in cells if c["server"] == "unsealed"}
+    plain = {c["cell"]: c for c in cells if c["server"] == "bridge"}
     out: list[dict[str, Any]] = []
     for c in cells:
-        if c["server"] == "bare":
+        if c["server"] != "bridge":
             continue
+        peer_unsealed = unsealed.get(c["cell"])
+        if peer_unsealed is not None:
+            base_ms, ms = peer_unsealed["server_cpu_ms_per_ask"], c["server_cpu_ms_per_ask"]
+            extra = round(100 * (ms / base_ms - 1), 1) if ms and base_ms else None
+            out.append(_target("sealing ≤ +10 % CPU/ask", c["cell"], extra, 10, base_ms))
         peer = bare.get((c["kind"], c["pairs"], c["offered_asks_per_s"]))
         ms, name = c["server_cpu_ms_per_ask"], c["cell"]
         closed = not c["offered_asks_per_s"] and not name.startswith("idle+")
@@ -1342,7 +1349,7 @@ def _print_report(
     print()
     print(
         format_table(
-            ["target (issue 11)", "cell", "value", "bare / baseline", "met"],
+            ["target", "cell", "value", "bare / baseline", "met"],
             [
                 [
                     t["target"],
@@ -1393,6 +1400,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-bare", action="store_true", help="skip the bare relay peer")
     p.add_argument(
+        "--unsealed-peer",
+        action="store_true",
+        help="also run every closed-loop cell on a second bridge with encryption at rest "
+        "off (benchmarks/_unsealed_bridge.py): what sealing costs an ask, same run",
+    )
+    p.add_argument(
         "--profile",
         nargs="*",
         default=[],
@@ -1427,6 +1440,7 @@ def main(argv: list[str] | None = None) -> int:
         *("--guard-p99-ms", "60000"),
     )
     bridge: Any = None
+    unsealed_bridge: Any = None
     bare_proc: subprocess.Popen[Any] | None = None
     cells: list[dict[str, Any]] = []
     idle_info: dict[str, Any] = {}
@@ -1443,6 +1457,16 @@ def main(argv: list[str] | None = None) -> int:
             ours = Server("bridge", bridge.mcp_url, bridge.proc.pid, bare=False)
             base, token = bridge.url, bridge.admin_token
             print(f"bridge pid {ours.pid} on {base} (durable store {bridge.db})", flush=True)
+        unsealed: Server | None = None
+        if args.unsealed_peer and not args.bridge_url:
+            unsealed_bridge = BridgeProcess(
+                workdir / "unsealed", extra_args=serve_args, module="benchmarks._unsealed_bridge"
+            )
+            unsealed_bridge.workdir.mkdir()
+            unsealed_bridge.start()
+            pid = unsealed_bridge.proc.pid
+            unsealed = Server("unsealed", unsealed_bridge.mcp_url, pid, bare=False)
+            print(f"unsealed bridge pid {pid} on {unsealed_bridge.url}", flush=True)
         bare: Server | None = None
         if not args.no_bare and {"push", "open"} & set(args.cells):
             port = free_port()
@@ -1467,14 +1491,19 @@ def main(argv: list[str] | None = None) -> int:
         kinds = [k for k in ("push", "modern", "legacy") if k in args.cells or k == "push"]
         names = [f"ll-{k}-{r}{i}" for k in kinds for r in ("ask", "ans") for i in range(max_pairs)]
         names += [f"ll-idle{j}" for j in range(idle_n)]
-        creds = register_agents(base, token, names)
-        print(f"registered {len(creds)} agents in {time.perf_counter() - t:.1f} s", flush=True)
+        creds = {ours.label: register_agents(base, token, names)}
+        if unsealed is not None:
+            names_closed = [n for n in names if not n.startswith("ll-idle")]
+            creds[unsealed.label] = register_agents(
+                unsealed_bridge.url, unsealed_bridge.admin_token, names_closed
+            )
+        print(f"registered {len(names)} agents in {time.perf_counter() - t:.1f} s", flush=True)
 
         def pair_list(n: int, server: Server, kind: str = "push") -> list[dict[str, Any]]:
             def who(name: str) -> dict[str, str]:
-                return (
-                    creds[name] if not server.bare else {"name": name, "key_id": "", "secret": ""}
-                )
+                if server.bare:
+                    return {"name": name, "key_id": "", "secret": ""}
+                return creds[server.label][name]
 
             return [
                 {
@@ -1496,6 +1525,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind in ("push", "modern", "legacy"):
                 if kind in args.cells:
                     cell(kind, n, ours)
+                    if unsealed is not None:
+                        cell(kind, n, unsealed)
                     if kind == "push" and bare is not None:
                         cell(kind, n, bare)
         if "open" in args.cells:
@@ -1509,7 +1540,8 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 cell("push", args.idle_pairs, ours)  # the baseline without idle sessions
             idle_agents = [
-                {**creds[f"ll-idle{j}"], "source": _source_for_idle(j)} for j in range(idle_n)
+                {**creds[ours.label][f"ll-idle{j}"], "source": _source_for_idle(j)}
+                for j in range(idle_n)
             ]
             idle_info, idle_cells = run_idle(
                 ours, idle_agents, pair_list(args.idle_pairs, ours), args, logdir
@@ -1523,13 +1555,14 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 bare_proc.kill()
                 bare_proc.wait(5)
-        if bridge is not None and bridge.proc is not None:
-            proc = bridge.proc
-            try:
-                print(f"bridge exited with {bridge.stop(timeout=30)}", flush=True)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        for b in (bridge, unsealed_bridge):
+            if b is not None and b.proc is not None:
+                proc = b.proc
+                try:
+                    print(f"bridge exited with {b.stop(timeout=30)}", flush=True)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
 
     targets = judge(cells, idle_info)
     _print_report(cells, idle_info, targets)

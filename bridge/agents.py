@@ -136,6 +136,17 @@ class AgentService:
         The event comes first: if destroying failed afterwards the fact still says what was
         meant, and running forget again finishes it. `open_requests` are requests the agent
         asked or must answer; erasing their contents mid-flight is refused unless forced.
+
+        Applying the fact (here, and on every bridge that follows the shared log) erases
+        what running projections already hold, not only what a restart would re-read:
+        queued mailbox items, open requests' questions, answers read back from the log
+        all read ``[erased]`` at once. With `force`, the agent's open requests stay open
+        with their question erased: the recipient sees that it was asked, not what, and
+        can decline (an accept is refused, `question_erased`) or let it time out; an
+        elicitation form already shown to it cannot be recalled. Requests the agent
+        must answer stay answerable. What the agent writes after this is new content
+        under a new data key, not erased. Contents stored in clear before encryption
+        existed cannot be erased (`lighthouse migrate` counts them).
         """
         sealer = self.log.sealer
         if sealer is None:
@@ -164,7 +175,7 @@ class AgentService:
             "forced": bool(pending),
         }
         position = await self.log.record(agent_stream(name), AGENT_FORGOTTEN, data, actor=actor)
-        destroyed = sealer.keys.destroy(name)
+        destroyed = sealer.keys.destroy(key_ids)
         return {"agent": name, "erased_key_ids": destroyed, "position": position}
 
     def list(self) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from .auth import AGENT, admin_auth, agent_auth, flush_refusals, host_guard, ref
 from .backends import store_label
 from .config import Settings
 from .connections import limit_connections
-from .core import BRIDGE, Bridge, load_or_create_key, open_bridge, package_version
+from .core import BRIDGE, Bridge, open_bridge, package_version, request_state_key
 from .discovery import remove_discovery, write_discovery
 from .domain import SESSION_CLOSED, session_stream
 from .mcp import McpEndpoint, SessionTable, StateSealer
@@ -65,7 +65,7 @@ def _bridge_ctx(settings: Settings) -> Any:
         flusher: asyncio.Task[None] | None = None
         endpoint: McpEndpoint | None = None
         try:  # any step below that fails (or a SIGTERM meanwhile) still closes the bridge
-            request_state_key = load_or_create_key(settings.keys / "request_state.key", fresh=True)
+            state_key = request_state_key(bridge.vault, settings.keys / "request_state.key")
             tools = AgentTools(
                 bridge.log,
                 bridge.router,
@@ -86,7 +86,7 @@ def _bridge_ctx(settings: Settings) -> Any:
                     init_timeout_s=min(60.0, settings.session_idle_timeout_s),
                 ),
                 StateSealer(
-                    request_state_key, ttl_s=settings.request_state_ttl_s, used=_used_states(bridge)
+                    state_key, ttl_s=settings.request_state_ttl_s, used=_used_states(bridge)
                 ),
                 server_name="lighthouse",
                 server_version=package_version(),

@@ -26,8 +26,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 from aiohttp import web
 
-from events import Checkpoint, CheckpointFile, Record, SqliteEventStore, StoreConfig, StoreError
+from events import (
+    Checkpoint,
+    CheckpointFile,
+    CheckpointSigner,
+    Record,
+    SqliteEventStore,
+    StoreConfig,
+    StoreError,
+)
 
+from .audit_redact import RedactionError, from_json, load_signer, redact_page
 from .display import printable
 from .domain import (
     ADMIN_AUTH_FAILED,
@@ -218,6 +227,11 @@ class EventSource(Protocol):
 
     async def page(self, query: AuditQuery) -> Page: ...
 
+    async def redacted_page(self, query: AuditQuery) -> Page:
+        """The same page with every record holding contents redacted and attested
+        (`bridge.audit_redact`): what a redacted export writes."""
+        ...
+
     async def checkpoints(self) -> list[Checkpoint]: ...
 
     async def head(self) -> int: ...
@@ -260,6 +274,16 @@ class StoreSource:
 
     async def page(self, query: AuditQuery) -> Page:
         return await query_store(self.store, query)
+
+    async def redacted_page(self, query: AuditQuery) -> Page:
+        """Attested with the checkpoint key beside the store file (the exporter's)."""
+        page = await query_store(self.store, query)
+        page.events = await redact_page(self.store, self._signer, page.events)
+        return page
+
+    @functools.cached_property
+    def _signer(self) -> CheckpointSigner:
+        return load_signer(self.config.signing_key_file)
 
     async def checkpoints(self) -> list[Checkpoint]:
         """Signed checkpoints from the database and from the file kept outside it."""
@@ -305,9 +329,15 @@ class HttpSource:
         return payload
 
     async def page(self, query: AuditQuery) -> Page:
-        params = [*query.to_params(), ("contents", self.contents)]
+        return await self._page([*query.to_params(), ("contents", self.contents)])
+
+    async def redacted_page(self, query: AuditQuery) -> Page:
+        """Attested by the bridge, which holds the checkpoint key."""
+        return await self._page([*query.to_params(), ("contents", "redact"), ("attest", "true")])
+
+    async def _page(self, params: list[tuple[str, str]]) -> Page:
         payload = await asyncio.to_thread(self._get, "/admin/events", params)
-        events = msgspec.convert(payload["events"], list[Record])
+        events = [from_json(e) for e in payload["events"]]
         self._head = payload.get("head", 0)
         return Page(events, payload.get("next_position"), self._head)
 
@@ -323,14 +353,18 @@ class HttpSource:
         return None
 
 
-async def iterate(source: EventSource, query: AuditQuery, page_size: int = _SCAN_PAGE) -> Any:
-    """Every match of `query` in position order, fetched page by page."""
+async def iterate(
+    source: EventSource, query: AuditQuery, page_size: int = _SCAN_PAGE, *, redact: bool = False
+) -> Any:
+    """Every match of `query` in position order, fetched page by page (`redact`: records
+    with contents redacted and attested, as a redacted export writes them)."""
     remaining = query.limit
     current = replace(query, limit=page_size)
+    fetch = source.redacted_page if redact else source.page
     while True:
         if remaining is not None:
             current = replace(current, limit=min(page_size, remaining))
-        page = await source.page(current)
+        page = await fetch(current)
         for record in page.events:
             yield record
         if remaining is not None:
@@ -532,33 +566,41 @@ async def _open_contents(
         e["data"] = sealer.open_record(r) if sealer is not None else r.data
 
 
+def _invalid(field_name: str, message: str) -> web.Response:
+    return web.json_response(
+        {"error": "invalid_request", "field": field_name, "message": message}, status=400
+    )
+
+
 def add_routes(app: web.Application, bridge_of: Callable[[web.Request], Bridge]) -> None:
     """`/admin/events`, `/admin/checkpoints`, `/admin/checkpoint-key` (admin bearer)."""
 
     async def events(request: web.Request) -> web.Response:
+        """`contents=redact&attest=true`: records with contents redacted and attested with
+        the checkpoint key (`bridge.audit_redact`), for `audit export --redact`."""
         try:
             query = AuditQuery.from_params(request.query, lambda k: request.query.getall(k, []))
         except ValueError as exc:
-            field_name = str(exc).split(":", 1)[0]
-            return web.json_response(
-                {"error": "invalid_request", "field": field_name, "message": str(exc)},
-                status=400,
-            )
+            return _invalid(str(exc).split(":", 1)[0], str(exc))
         query = replace(query, limit=min(query.limit or DEFAULT_API_LIMIT, MAX_API_LIMIT))
         mode = request.query.get("contents", "stored")
         if mode not in ("stored", "open", "redact"):
-            return web.json_response(
-                {
-                    "error": "invalid_request",
-                    "field": "contents",
-                    "message": "contents: stored, open or redact",
-                },
-                status=400,
-            )
+            return _invalid("contents", "contents: stored, open or redact")
+        attest = request.query.get("attest", "false")
+        if attest not in ("true", "false") or (attest == "true" and mode != "redact"):
+            return _invalid("attest", "attest: true or false, and true only with contents=redact")
         bridge = bridge_of(request)
         page = await query_store(bridge.store, query)
+        if attest == "true":
+            try:
+                signer = load_signer(bridge.store.config.signing_key_file)
+                page.events = await redact_page(bridge.store, signer, page.events)
+            except RedactionError as exc:
+                return web.json_response(
+                    {"error": "redaction_failed", "message": str(exc)}, status=500
+                )
         events = [record_json(r) for r in page.events]
-        if mode == "redact":
+        if mode == "redact" and attest == "false":
             for e, r in zip(events, page.events, strict=True):
                 e["data"] = redacted(r.type, r.data)
         elif mode == "open":

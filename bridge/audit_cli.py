@@ -135,6 +135,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         source = await open_source(args)
+        if args.redact and isinstance(source, HttpSource):
+            source.contents = "redact"  # no content crosses the wire, not even ciphertext
         try:
             return await write_export(
                 source,
@@ -143,6 +145,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 progress_printer("exporting"),
                 contiguous=args.contiguous,
                 previous=previous,
+                redact=args.redact,
             )
         finally:
             await source.close()
@@ -213,6 +216,13 @@ def add_commands(sub: Any) -> None:
         help="filtered: every record in the range (proves completeness, reveals the others)",
     )
     export.add_argument("--previous", metavar="CHECKPOINT", help="prove it extends this one")
+    export.add_argument(
+        "--redact",
+        action="store_true",
+        help="leave contents out, ciphertext too: each such record's clear fields, digest "
+        "and tree leaf are signed with the checkpoint key instead (verify-export checks "
+        "them; it cannot recompute them without the contents)",
+    )
     export.set_defaults(func=cmd_export)
 
     verify = asub.add_parser("verify-export", help="verify an export offline")

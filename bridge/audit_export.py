@@ -27,26 +27,32 @@ The first line is a header (format, store id, filters, range, `anchor_digest` = 
 `first - 1`, the signed checkpoints); then one line per record with its hashes and
 `prev_digest`; then an `end` line. Only the checkpoints are authenticated: the header
 and the end line are claims the verifier compares against what it recomputed.
+
+Either form can be *redacted* (`--redact`, header `"redacted": true`): every record that
+holds contents is written without them — not even their ciphertext — with the exporter's
+signed attestation of its clear fields, digest and leaf in their place; what that proves
+and what it does not is spelled out in `bridge.audit_redact`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 
 from events import Checkpoint, Record, merkle
 from events.chain import checkpoint_signature_ok, load_public_key, public_link
 from events.model import GENESIS_HASH, record_bytes
-from events.tlog import leaf_of
 
 from .audit import EXIT_USAGE, AuditError, AuditQuery, EventSource, iso, iterate, record_json
+from .audit_redact import attestation_problem, has_contents, line_leaf
 from .tlog import VerifyFailure, b64, check_consistency, consistency_section, prover_for, unb64
 
 FORMAT, VERSION, INCLUSION_VERSION = "lighthouse-audit-export", 1, 2
@@ -67,8 +73,16 @@ class ExportSummary:
     matched: int
     covered_to: int
     inclusion: bool = False
+    redacted: bool = False
 
     def describe(self) -> str:
+        return self._describe() + (
+            "; contents left out (redacted records are attested with the checkpoint key)"
+            if self.redacted
+            else ""
+        )
+
+    def _describe(self) -> str:
         if self.inclusion:
             return (
                 f"exported {self.records} matching records (positions {self.first}.."
@@ -151,12 +165,26 @@ async def _tlog_section(
     return section
 
 
+@contextlib.contextmanager
+def _partial(out: Path) -> Iterator[TextIO]:
+    """The file an export is written to before its rename, removed when writing fails
+    (the source stops answering, no signing key): no partial file is left behind."""
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            yield fh
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 async def write_inclusion_export(
     source: EventSource,
     query: AuditQuery,
     out: Path,
     progress: Progress = None,
     previous: str | None = None,
+    redact: bool = False,
 ) -> ExportSummary:
     """Only the matching records, each with its inclusion proof in the signed checkpoint."""
     tlog = await _tlog_section(source, previous, required=True)
@@ -171,11 +199,12 @@ async def write_inclusion_export(
         "positions": [query.from_position, query.to_position],
         "tlog": tlog,
     }
-    tmp = out.with_name(out.name + ".partial")
+    if redact:
+        header["redacted"] = True
     count, first, last = 0, 0, 0
-    with tmp.open("w", encoding="utf-8") as fh:
+    with _partial(out) as fh:
         fh.write(json.dumps(header, separators=(",", ":")) + "\n")
-        async for record in iterate(source, bounded):
+        async for record in iterate(source, bounded, redact=redact):
             proof = await prover.inclusion(record.position - 1, size)
             line = {**record_json(record), "proof": [b64(h) for h in proof]}
             fh.write(json.dumps(line, separators=(",", ":")) + "\n")
@@ -185,10 +214,10 @@ async def write_inclusion_export(
                 progress(count, count)
         fh.write(json.dumps({"end": True, "records": count, "matched": count}) + "\n")
     if not count:
-        tmp.unlink()
+        os.unlink(fh.name)
         raise AuditError("no events match the filters up to the signed checkpoint")
-    os.replace(tmp, out)
-    return ExportSummary(out, first, last, count, count, size, inclusion=True)
+    os.replace(fh.name, out)
+    return ExportSummary(out, first, last, count, count, size, inclusion=True, redacted=redact)
 
 
 async def write_export(
@@ -199,10 +228,12 @@ async def write_export(
     *,
     contiguous: bool = False,
     previous: str | None = None,
+    redact: bool = False,
 ) -> ExportSummary:
-    """Write the export atomically (temp file, then rename): a partial file never appears."""
+    """Write the export atomically (temp file, then rename): a partial file never appears.
+    `redact`: contents left out, attested instead (`bridge.audit_redact`)."""
     if query.filtered and not contiguous:
-        return await write_inclusion_export(source, query, out, progress, previous)
+        return await write_inclusion_export(source, query, out, progress, previous, redact)
     tlog = await _tlog_section(source, previous, required=False)
     head = await source.head()
     checkpoints = await source.checkpoints()
@@ -222,15 +253,17 @@ async def write_export(
         "anchor_digest": await _anchor(source, first),
         "checkpoints": [msgspec.to_builtins(cp) for cp in included],
     }
+    if redact:
+        header["redacted"] = True
     if tlog is not None:
         header["tlog"] = tlog
     await _refuse_edited(source, first, last, header["anchor_digest"])
-    tmp = out.with_name(out.name + ".partial")
     count = matched = 0
     prev = header["anchor_digest"]
-    with tmp.open("w", encoding="utf-8") as fh:
+    with _partial(out) as fh:
         fh.write(json.dumps(header, separators=(",", ":")) + "\n")
-        async for record in iterate(source, AuditQuery(from_position=first, to_position=last)):
+        everything = AuditQuery(from_position=first, to_position=last)
+        async for record in iterate(source, everything, redact=redact):
             match = query.matches(record)
             line = {**record_json(record), "prev_digest": prev, "match": match}
             fh.write(json.dumps(line, separators=(",", ":")) + "\n")
@@ -238,11 +271,11 @@ async def write_export(
             if progress is not None and count % _PROGRESS_EVERY == 0:
                 progress(count, last - first + 1)
         fh.write(json.dumps({"end": True, "records": count, "matched": matched}) + "\n")
-    os.replace(tmp, out)
+    os.replace(fh.name, out)
     if progress is not None:
         progress(count, last - first + 1)
     covered = max((cp.size for cp in included), default=0)
-    return ExportSummary(out, first, last, count, matched, covered)
+    return ExportSummary(out, first, last, count, matched, covered, redacted=redact)
 
 
 # -- verifying ---------------------------------------------------------------------------
@@ -270,6 +303,7 @@ class ExportReport:
     inclusion: bool = False
     extends: int | None = None
     tree_root: str | None = None
+    redacted: int = 0
 
     @property
     def ok(self) -> bool:
@@ -298,6 +332,7 @@ class ExportReport:
             "mode": "inclusion" if self.inclusion else "contiguous",
             "extends": self.extends,
             "tree_root": self.tree_root,
+            "redacted": self.redacted,
             "problems": [msgspec.to_builtins(p) for p in self.problems],
         }
 
@@ -307,6 +342,16 @@ class ExportReport:
             lines = [f"FAILED at position {first.position}: {first.kind}: {first.detail}"]
             lines += [f"  also at {p.position}: {p.kind}: {p.detail}" for p in self.problems[1:10]]
             return "\n".join(lines)
+        if not self.redacted:
+            return self._verified()
+        return self._verified() + (
+            f"\n{self.redacted} records are redacted: their contents are not in the file; "
+            "their clear fields, digest and tree leaf are as the exporter signed them with "
+            "the checkpoint key (not recomputable without the contents), and the chain, tree "
+            "and checkpoints around them verified"
+        )
+
+    def _verified(self) -> str:
         extends = (
             f"; the checkpoint extends the one seen before at size {self.extends}"
             if self.extends is not None
@@ -403,14 +448,43 @@ def _parse_records(
     return records, ended
 
 
+@dataclass(slots=True)
+class _Redactions:
+    """Checks the redacted lines of one export (`bridge.audit_redact`)."""
+
+    key: Any
+    claimed: bool  # the header says the export leaves contents out
+    report: ExportReport
+
+    def check(self, record: Record, extra: dict, prev: str | None) -> bool:
+        """True when the line is redacted: its digest and leaf are then the attested ones.
+        `prev`: the digest recomputed for the record before (None: inclusion export)."""
+        p = record.position
+        if "redaction" not in extra:
+            if self.claimed and has_contents(record):
+                self.report.add(
+                    p,
+                    "not_redacted",
+                    f"record {p} holds contents (or their ciphertext) although the export "
+                    "says it leaves them out",
+                )
+            return False
+        self.report.redacted += 1
+        problem = attestation_problem(record, extra["redaction"], prev, self.key)
+        if problem is not None:
+            self.report.add(p, "edited", f"redacted record {p}: {problem}")
+        return True
+
+
 def _check_record(
     record: Record,
     extra: dict,
     walk: _Walk,
     positions: set[int],
     query: AuditQuery,
-    report: ExportReport,
+    redactions: _Redactions,
 ) -> None:
+    report = redactions.report
     p = record.position
     if p != walk.expected:
         if walk.expected in positions:
@@ -422,7 +496,8 @@ def _check_record(
         walk.prev = extra.get("prev_digest", walk.prev)  # resynchronise to check the rest
     elif extra.get("prev_digest") != walk.prev:
         report.add(p, "broken_link", f"record {p} does not link to the record before it")
-    if _digest_of(record, walk.prev) != record.digest:
+    redacted = redactions.check(record, extra, walk.prev)
+    if not redacted and _digest_of(record, walk.prev) != record.digest:
         report.add(p, "edited", f"record {p} does not match its digest (content altered)")
     if extra.get("match") != query.matches(record):
         report.add(p, "match_flag", f"record {p} is flagged match={extra.get('match')} wrongly")
@@ -496,8 +571,8 @@ def _check_tlog(
     covers = positions[: head.size] == list(range(1, head.size + 1))
     if not report.inclusion and head.size <= len(positions) and covers:
         tree = merkle.Frontier()
-        for r, _ in records[: head.size]:
-            tree.append(leaf_of(r))
+        for r, extra in records[: head.size]:
+            tree.append(line_leaf(r, extra))
         if tree.root() != head.root:
             report.add(
                 head.size, "checkpoint_mismatch", "the records do not hash to the signed root"
@@ -515,6 +590,7 @@ def _verify_inclusion_export(
     lo, hi = header.get("positions") or [1, None]
     query = replace(query, from_position=lo or 1, to_position=hi)
     report = ExportReport(selector=query.selector(), inclusion=True)
+    redactions = _Redactions(_public_key(public_key_pem), header.get("redacted") is True, report)
     records, ended = _parse_records(lines, report, extra_keys=("proof",))
     head = _check_tlog(header, public_key_pem, previous, report, records)
     if head is None:
@@ -531,9 +607,10 @@ def _verify_inclusion_export(
         last = max(last, p)
         if not query.matches(record):
             report.add(p, "match_flag", f"record {p} does not match the export's filters")
+        redactions.check(record, extra, None)
         try:
             proof = [unb64(h, "a proof hash") for h in extra.get("proof") or []]
-            merkle.verify_inclusion(leaf_of(record), p - 1, head.size, proof, head.root)
+            merkle.verify_inclusion(line_leaf(record, extra), p - 1, head.size, proof, head.root)
         except (VerifyFailure, merkle.ProofError) as exc:
             report.add(p, "edited", f"record {p} is not in the signed log unaltered: {exc}")
     report.records = report.matched = len(records)
@@ -563,11 +640,12 @@ def verify_export(
     except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
         raise AuditError(f"{path}: the export header is damaged ({exc})") from None
     report = ExportReport(store_id=header.get("store_id"), first=first, selector=query.selector())
+    redactions = _Redactions(key, header.get("redacted") is True, report)
     records, ended = _parse_records(lines, report)
     walk = _Walk(first, anchor)
     positions = {r.position for r, _ in records}
     for count, (record, extra) in enumerate(records, start=1):
-        _check_record(record, extra, walk, positions, query, report)
+        _check_record(record, extra, walk, positions, query, redactions)
         report.matched += query.matches(record)
         if progress is not None and count % _PROGRESS_EVERY == 0:
             progress(count, len(records))

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from events import NewEvent, StoreError
-from security import ConsoleSession, ConsoleSessions, Rejection, RequestView, bearer_token
+from security import (
+    ConsoleSession,
+    ConsoleSessions,
+    Rejection,
+    RequestView,
+    VaultError,
+    bearer_token,
+)
 
 from .domain import ADMIN_AUTH_FAILED, AUTH_REJECTED, RATE_LIMITED, SECURITY_STREAM
 from .unavailable import as_store_error, unavailable, unavailable_response
@@ -197,7 +204,16 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.StreamRespon
     )
     # The signature covers the digest header, not the body: a forged or unsigned request
     # is refused before the server waits for a single byte of its body.
-    headed = bridge.verifier.check_headers(head, has_body=_has_body(request))
+    try:
+        headed = bridge.verifier.check_headers(head, has_body=_has_body(request))
+    except StoreError as exc:  # a shared vault out of reach (key lookup): 503, not a 500
+        return _backend_failed(bridge, "secret_vault", exc)
+    except VaultError as exc:  # the row is there but does not decrypt: damage, not the caller
+        log.error("secret vault: %s", exc)  # names the key id, never a secret
+        return web.json_response(
+            {"error": "internal", "reason": "secret_vault_damaged"}, status=500
+        )
+    bridge.store.state.succeeded("secret_vault")
     if isinstance(headed, Rejection):
         return await _reject_signature(bridge, headed, base)
     try:
@@ -215,8 +231,7 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.StreamRespon
             error = as_store_error(exc, "nonce store")
             if error is None:
                 raise
-            bridge.store.state.failed("nonce_store", error, hold_s=10.0)
-            return unavailable_response(error)
+            return _backend_failed(bridge, "nonce_store", error)
         bridge.store.state.succeeded("nonce_store")
     if isinstance(verdict, Rejection):
         return await _reject_signature(bridge, verdict, base)
@@ -240,6 +255,13 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.StreamRespon
         return _refuse(429, "rate_limited", by_agent.headers(), error="too_many_requests")
     request[AGENT] = agent
     return None
+
+
+def _backend_failed(bridge: Bridge, component: str, error: StoreError) -> web.Response:
+    """A shared backend of the checks failed: shown on /health until a request succeeds
+    (or 10 s pass), and the client told to retry."""
+    bridge.store.state.failed(component, error, hold_s=10.0)
+    return unavailable_response(error)
 
 
 def _unread(response: web.Response) -> web.Response:

@@ -1,12 +1,15 @@
-"""Which store, nonce store and per-agent rate limiter a bridge runs on, from its settings.
+"""Which store, nonce store, per-agent rate limiter and secret vault a bridge runs on.
 
 Kept out of `app.py` so composition stays one line per choice:
 
-| settings                         | store      | nonces                | agent rate limit |
-|----------------------------------|------------|-----------------------|------------------|
-| (default)                        | SQLite     | SQLite file (`.nonces`) | in memory      |
-| `database_url`                   | PostgreSQL | PostgreSQL `lh_nonces`  | in memory (per bridge) |
-| `database_url` + `redis_url`     | PostgreSQL | Redis `SET NX PXAT`     | Redis GCRA (shared) |
+| settings                 | store      | nonces                  | agent limit | secret vault |
+|--------------------------|------------|-------------------------|-------------|--------------|
+| (default)                | SQLite     | SQLite file (`.nonces`) | in memory   | the store file |
+| `database_url`           | PostgreSQL | PostgreSQL `lh_nonces`  | per bridge  | PG `key_vault` |
+| `database_url`+`redis_url` | PostgreSQL | Redis `SET NX PXAT`   | Redis GCRA  | PG `key_vault` |
+
+The master key that wraps the vault's rows is always a file in the key dir, never in a
+database.
 
 A `redis_url` without a `database_url` shares nonces and limits between bridges that each
 keep their own SQLite store (useful only for tests and odd set-ups, but consistent).
@@ -14,8 +17,18 @@ keep their own SQLite store (useful only for tests and odd set-ups, but consiste
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from events import GroupCommitStore, SqliteEventStore
-from security import GCRARateLimiter, NonceStore, RateLimiter, SQLiteNonceStore
+from security import (
+    GCRARateLimiter,
+    NonceStore,
+    RateLimiter,
+    SecretVault,
+    SQLiteNonceStore,
+    SQLiteSecretVault,
+    vault_row_count,
+)
 
 from .config import Settings
 
@@ -29,13 +42,53 @@ def store_label(settings: Settings) -> str:
     return str(settings.db)
 
 
-async def open_store(settings: Settings) -> GroupCommitStore:
-    config = settings.store_config()
+async def open_store(settings: Settings, *, readonly: bool = False) -> GroupCommitStore:
+    config = settings.store_config(readonly=readonly)
     if config.url:
         from events.postgres import PostgresEventStore
 
         return await PostgresEventStore.open(config)
     return await SqliteEventStore.open(config)
+
+
+def open_vault(
+    settings: Settings,
+    *,
+    fresh_install: bool = False,
+    initialize: bool = True,
+    never_import: Collection[str] = (),
+) -> SecretVault:
+    """The secret vault, its master key checked against it (a wrong key raises
+    `MasterKeyError` here, before anything is served or written).
+
+    SQLite: a new master key only on *fresh_install* or while the vault holds no row.
+    PostgreSQL: see `security.pgvault` — `initialize` lets this process initialize an
+    empty shared vault and import the local SQLite vault of an earlier release (`db`),
+    except *never_import* (keys a recorded forget destroyed); read-only commands pass
+    False and are refused by an uninitialized vault."""
+    vault: SecretVault
+    if settings.database_url:
+        from security.pgvault import PostgresSecretVault
+
+        vault = PostgresSecretVault.open(
+            settings.database_url,
+            settings.master_key_file,
+            fresh_install=initialize,
+            initialize=initialize,
+            legacy_db=settings.db,
+            never_import=never_import,
+        )
+    else:
+        first = fresh_install or not vault_row_count(settings.db)
+        vault = SQLiteSecretVault.open(
+            settings.db, settings.master_key_file, fresh_install=first and initialize
+        )
+    try:
+        vault.check()
+    except BaseException:
+        vault.close()
+        raise
+    return vault
 
 
 async def open_nonces(settings: Settings, *, fresh_install: bool = False) -> NonceStore:

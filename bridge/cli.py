@@ -46,20 +46,22 @@ from .observability import configure_logging
 # -- direct store access -----------------------------------------------------------------
 
 
-async def _with_bridge(db: Path, work: Callable[[Any], Awaitable[Any]]) -> Any:
+async def _with_bridge(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
     from .core import open_bridge
 
-    bridge = await open_bridge(Settings(db=db))
+    bridge = await open_bridge(settings)
     try:
         return await work(bridge)
     finally:
         await bridge.close()
 
 
-def _direct(db: Path, work: Callable[[Any], Awaitable[Any]]) -> Any:
+def _direct(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Open the store as a bridge would (without serving) and run *work* on it: the store
+    file with its writer lock, or the shared PostgreSQL store beside running bridges."""
     import asyncio
 
-    return asyncio.run(_with_bridge(db, work))
+    return asyncio.run(_with_bridge(settings, work))
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -153,16 +155,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         from events.postgres import migrate as migrate_postgres
 
         applied = asyncio.run(migrate_postgres(url))
-        print(f"applied migrations {applied}" if applied else "schema is up to date")
-        return EXIT_OK
-    if _use_server(args):
+    elif _use_server(args):
         print("the running bridge applied migrations at start-up; nothing to do")
         return EXIT_OK
-    applied = migrate_store(_db(args))
+    else:
+        applied = migrate_store(_db(args))
     print(f"applied migrations {applied}" if applied else "schema is up to date")
     from .contents import count_clear_contents
 
-    clear = count_clear_contents(_db(args)).clear
+    clear = count_clear_contents(Settings(db=_db(args), database_url=url)).clear
     print(
         f"{clear} content field(s) written before encryption remain in clear text "
         "(the log is not rewritten; `agents forget` cannot erase those)"
@@ -174,7 +175,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_agents(args: argparse.Namespace) -> int:
     op, name = args.agents_command, getattr(args, "name", None)
-    if _use_server(args):
+    url = _database_url(args)
+    if args.database_url is None and _use_server(args):  # an explicit store: work on it
         db = _db(args)
         if op == "add":
             body = {"name": name, "roles": args.role, "capabilities": args.capability}
@@ -206,7 +208,12 @@ def cmd_agents(args: argparse.Namespace) -> int:
         from .agents import AgentError
 
         try:
-            result = _direct(_db(args), work)
+            settings = Settings(
+                db=_db(args),
+                database_url=url,
+                key_dir=Path(args.key_dir) if args.key_dir else None,
+            )
+            result = _direct(settings, work)
         except AgentError as exc:
             raise CliError(str(exc)) from None
     if op == "list" and not args.json:
@@ -266,7 +273,9 @@ def cmd_flags(args: argparse.Namespace) -> int:
     if args.flags_command == "show":
         if _use_server(args):
             return _print_flags(_admin_call("GET", "/feature_flags", None, db), args.json)
-        return _direct(db, lambda b: _print_async(_print_flags, b.flags.describe(), args.json))
+        return _direct(
+            Settings(db=db), lambda b: _print_async(_print_flags, b.flags.describe(), args.json)
+        )
     change = _flag_change(args)
     headers = {"If-Match": str(args.if_version)} if args.if_version is not None else None
     if _use_server(args):
@@ -652,16 +661,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     a = sub.add_parser("agents", help="register agents and manage their keys")
     asub = a.add_subparsers(dest="agents_command", required=True)
-    add = with_db(asub.add_parser("add", help="register an agent; prints its secret once"))
+
+    def agent_store(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """`--db` or `--database-url` (then the shared store and vault, beside running
+        bridges); without either, through the bridge at LIGHTHOUSE_URL when one answers."""
+        return with_url(with_db(sp))
+
+    add = agent_store(asub.add_parser("add", help="register an agent; prints its secret once"))
     add.add_argument("name")
     add.add_argument("--role", action="append", default=[])
     add.add_argument("--capability", action="append", default=[])
-    with_db(asub.add_parser("list")).add_argument(
+    agent_store(asub.add_parser("list")).add_argument(
         "--json", action="store_true", help="JSON instead of a table"
     )
     for name in ("rotate-key", "revoke"):
-        with_db(asub.add_parser(name)).add_argument("name")
-    fg = with_db(asub.add_parser("forget", help="erase an agent's contents (destroys its key)"))
+        agent_store(asub.add_parser(name)).add_argument("name")
+    fg = agent_store(asub.add_parser("forget", help="erase an agent's contents (destroys its key)"))
     fg.add_argument("name")
     fg.add_argument("--reason", required=True, help="recorded with the erasure")
     fg.add_argument("--force", action="store_true", help="even while it has open requests")

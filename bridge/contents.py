@@ -6,8 +6,11 @@ missing) without stopping at the first; erased contents (`agents forget`) are co
 reported. `lighthouse keys rotate-master` re-wraps every key in the vault under a new
 master key; no event is touched, because events are sealed under data keys.
 
-Both work on the store file directly (like `verify`); they read the same vault and master
-key file a bridge on that store uses.
+Both work on the store directly (like `verify`): the store file, or with `--database-url`
+the shared PostgreSQL store and its vault; they read the same vault and master key file a
+bridge on that store uses. On PostgreSQL, `rotate-master` refuses while any bridge of the
+store is alive (its heartbeat in `lh_nodes`): every bridge must stop, and then carry the
+new key file, because a bridge still running holds the old key.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from events import SqliteEventStore
-from security import DataKeys, SQLiteSecretVault, load_master_key
+from events import EventStore
+from security import DataKeys, load_master_key
 
+from .backends import open_store, open_vault
 from .config import Settings
 from .domain import AGENT_FORGOTTEN
 from .sealing import CONTENT_FIELDS, ERASED, OpenFailure, Sealer, clear_contents, is_sealed
@@ -53,7 +57,7 @@ class ContentReport:
         }
 
 
-async def scan_contents(store: SqliteEventStore, sealer: Sealer | None) -> ContentReport:
+async def scan_contents(store: EventStore, sealer: Sealer | None) -> ContentReport:
     """Every record once, in order; with a sealer, every sealed content is opened too."""
     report = ContentReport()
     if sealer is not None:
@@ -84,21 +88,11 @@ async def scan_contents(store: SqliteEventStore, sealer: Sealer | None) -> Conte
     return report
 
 
-def _open_vault(settings: Settings) -> SQLiteSecretVault:
-    vault = SQLiteSecretVault.open(settings.db, settings.master_key_file)
-    try:
-        vault.check()
-    except BaseException:
-        vault.close()
-        raise
-    return vault
-
-
-def count_clear_contents(db: Path) -> ContentReport:
+def count_clear_contents(settings: Settings) -> ContentReport:
     """For `migrate`: how much of the log is still clear text (no key needed)."""
 
     async def run() -> ContentReport:
-        store = await SqliteEventStore.open(Settings(db=db).store_config(readonly=True))
+        store = await open_store(settings, readonly=True)
         try:
             return await scan_contents(store, None)
         finally:
@@ -107,16 +101,28 @@ def count_clear_contents(db: Path) -> ContentReport:
     return asyncio.run(run())
 
 
-def cmd_contents_check(args: argparse.Namespace) -> int:
-    from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_UNAVAILABLE, CliError, _db
+def _settings(args: argparse.Namespace) -> Settings:
+    """The store and key dir the command names; a store that is not there is refused."""
+    from .cli_common import EXIT_UNAVAILABLE, CliError, _database_url, _db
 
-    settings = Settings(db=_db(args), key_dir=Path(args.key_dir) if args.key_dir else None)
-    if not settings.db.exists():
+    settings = Settings(
+        db=_db(args),
+        database_url=_database_url(args),
+        key_dir=Path(args.key_dir) if args.key_dir else None,
+    )
+    if settings.database_url is None and not settings.db.exists():
         raise CliError(f"no store at {settings.db}", EXIT_UNAVAILABLE)
-    vault = _open_vault(settings)
+    return settings
+
+
+def cmd_contents_check(args: argparse.Namespace) -> int:
+    from .cli_common import EXIT_FAIL, EXIT_OK
+
+    settings = _settings(args)
+    vault = open_vault(settings, initialize=False)
 
     async def run() -> ContentReport:
-        store = await SqliteEventStore.open(settings.store_config(readonly=True))
+        store = await open_store(settings, readonly=True)
         try:
             return await scan_contents(store, Sealer(store.store_id, DataKeys(vault)))
         finally:
@@ -144,15 +150,24 @@ def cmd_rotate_master(args: argparse.Namespace) -> int:
     then the new file moved over the old: at every step one file opens the vault."""
     from events.chain import write_secret_file
 
-    from .cli_common import EXIT_OK, CliError, _db, _server_up
+    from .cli_common import EXIT_OK, CliError, _server_up
 
     if _server_up():
         raise CliError("a bridge is running: stop it before rotating the master key")
-    settings = Settings(db=_db(args), key_dir=Path(args.key_dir) if args.key_dir else None)
+    settings = _settings(args)
+    if settings.database_url:
+        from .nodes import live_nodes
+
+        alive = asyncio.run(live_nodes(settings.database_url))
+        if alive:
+            raise CliError(
+                f"bridges of this store are running ({', '.join(alive)}): stop every one "
+                "before rotating the master key"
+            )
     key_file = settings.master_key_file
     if not key_file.exists():
         raise CliError(f"master key file {key_file} not found")
-    vault = _open_vault(settings)
+    vault = open_vault(settings, initialize=False)
     staged = key_file.with_name(key_file.name + ".new")
     try:
         if staged.exists():
@@ -165,6 +180,8 @@ def cmd_rotate_master(args: argparse.Namespace) -> int:
         vault.close()
     os.replace(staged, key_file)
     print(f"re-wrapped {rewrapped} key(s) under a new master key in {key_file}; no event changed")
+    if settings.database_url:
+        print(f"copy {key_file} to every bridge of this store before starting them")
     return EXIT_OK
 
 
@@ -177,6 +194,11 @@ def add_commands(subparsers: Any) -> None:
     rotate = ksub.add_parser("rotate-master", help="re-wrap the vault under a new master key")
     for sp in (check, rotate):
         sp.add_argument("--db", help="store file (default ./lighthouse.db)")
+        sp.add_argument(
+            "--database-url",
+            metavar="URL",
+            help="the shared PostgreSQL store and vault (or LIGHTHOUSE_DATABASE_URL)",
+        )
         sp.add_argument("--key-dir", help="key dir (default: beside --db)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_contents_check)

@@ -13,11 +13,11 @@ import os
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
 from events import GroupCommitStore
-from events.chain import write_secret_file
 from security import (
     AdminAuth,
     DataKeys,
@@ -25,8 +25,8 @@ from security import (
     NonceStore,
     OriginPolicy,
     RateLimiter,
+    SecretVault,
     SignatureVerifier,
-    SQLiteSecretVault,
     address_rate_limiter,
     key_lookup,
     load_or_create_admin_token,
@@ -35,9 +35,16 @@ from security import (
 )
 
 from .agents import AgentService, RegistryProjection
-from .backends import agent_rate_limiter, open_nonces, open_store, store_label
+from .backends import agent_rate_limiter, open_nonces, open_store, open_vault, store_label
 from .config import Settings
-from .domain import FLAG_CHANGED, FLAGS_STREAM, NONCE_STORE_CREATED, SECURITY_STREAM
+from .domain import (
+    AGENT_FORGOTTEN,
+    FLAG_CHANGED,
+    FLAGS_STREAM,
+    NONCE_STORE_CREATED,
+    SECURITY_STREAM,
+    VAULT_IMPORTED,
+)
 from .flags import Flags
 from .guard import Guard
 from .log import Log
@@ -50,6 +57,9 @@ from .refusals import RefusalLedger
 from .routing import Limits, Requests, Router
 from .sealing import OpenFailure, Sealer
 from .sessions import Presence
+
+if TYPE_CHECKING:  # imported by the PostgreSQL vault only: SQLite needs no psycopg
+    from security.pgvault import ImportReport
 
 log = logging.getLogger("lighthouse")
 
@@ -74,7 +84,7 @@ class Bridge:
     metrics: Metrics
     router: Router
     agents: AgentService
-    vault: SQLiteSecretVault
+    vault: SecretVault
     nonces: NonceStore
     verifier: SignatureVerifier
     agent_limiter: RateLimiter
@@ -103,22 +113,36 @@ class Bridge:
                 await self.store.close()
 
 
-def load_or_create_key(path: Path, *, fresh: bool) -> bytes:
-    if path.exists():
-        raw = path.read_bytes().strip()
-        try:
-            key = base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
-        except ValueError:
-            key = b""
-        if len(key) != 32:  # never use a damaged key, never silently replace it
-            raise RuntimeError(
-                f"key file {path} is damaged (not 32 bytes of base64url); restore it from backup"
-            )
+REQUEST_STATE_KEY_ID: Final = "rs:request_state"
+
+
+def request_state_key(vault: SecretVault, legacy_file: Path) -> bytes:
+    """The key that seals 2026-07-28 `requestState`: one per store, kept in the vault.
+
+    Wrapped by the master key like every secret there, so every bridge of a shared store
+    seals and opens with the same key without one more file to copy, and a retry may land
+    on any bridge. Made once, by whichever bridge needs it first (the vault's insert decides
+    a race). Earlier releases kept it in `request_state.key` beside the store: that key is
+    taken over once, so states in flight across an upgrade stay valid; a damaged file is
+    refused, never replaced.
+    """
+    key = vault.get(REQUEST_STATE_KEY_ID)
+    if key is not None:
         return key
-    if not fresh:
-        raise RuntimeError(f"key file {path} is missing for an existing store; restore it")
-    key = os.urandom(32)
-    write_secret_file(path, base64.urlsafe_b64encode(key).rstrip(b"=") + b"\n")
+    made = _read_key_file(legacy_file) if legacy_file.exists() else os.urandom(32)
+    return vault.put_if_absent(REQUEST_STATE_KEY_ID, made)
+
+
+def _read_key_file(path: Path) -> bytes:
+    raw = path.read_bytes().strip()
+    try:
+        key = base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != 32:  # never use a damaged key, never silently replace it
+        raise RuntimeError(
+            f"key file {path} is damaged (not 32 bytes of base64url); restore it from backup"
+        )
     return key
 
 
@@ -133,7 +157,7 @@ async def open_bridge(settings: Settings) -> Bridge:
         raise
 
 
-def content_sealer(store_id: str, vault: SQLiteSecretVault, metrics: Metrics) -> Sealer:
+def content_sealer(store_id: str, vault: SecretVault, metrics: Metrics) -> Sealer:
     """The encoding stage for this store, its faults counted for the alert rules."""
 
     def opened_badly(failure: OpenFailure) -> None:
@@ -157,10 +181,10 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
     event_logger = EventLogger()
     # The vault opens before replay: sealed contents are opened as the log is replayed. A
     # vault with rows is never given a new master key, and a wrong key stops start-up here.
-    first = fresh or not vault_row_count(settings.db)
-    vault = SQLiteSecretVault.open(settings.db, settings.master_key_file, fresh_install=first)
+    vault = open_vault(
+        settings, fresh_install=fresh, never_import=await _imports_refused(settings, store)
+    )
     try:
-        vault.check()
         sealer = content_sealer(store.store_id, vault, metrics)
     except BaseException:
         vault.close()
@@ -231,6 +255,9 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
     )
     if nonces.created_new and nonces.born_at > 0:
         await _record_new_nonce_store(bridge)
+    imported = getattr(vault, "imported", None)  # a shared vault's import of a local one
+    if imported is not None:
+        await _record_vault_import(bridge, imported)
     bridge.guard = router.elicitation_observer = Guard(
         event_log,
         flags,
@@ -263,6 +290,28 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
         len(registry.agents),
     )
     return bridge
+
+
+async def _imports_refused(settings: Settings, store: GroupCommitStore) -> frozenset[str]:
+    """Key ids a shared vault must never take from a local vault file: those a recorded
+    forget destroyed (a stale copy must not bring erased contents back). Read only when
+    there is a local vault to import from."""
+    if not settings.database_url or not vault_row_count(settings.db):
+        return frozenset()
+    forgets = await store.read_all(1, limit=None, types=[AGENT_FORGOTTEN])
+    return frozenset(k for r in forgets for k in r.data.get("key_ids", []) if isinstance(k, str))
+
+
+async def _record_vault_import(bridge: Bridge, report: ImportReport) -> None:
+    """Secrets that moved from a local vault file into the shared one: an operator must be
+    able to tell from the log when, from where and which key ids (never the secrets)."""
+    data = {
+        "source": report.source,
+        "imported_key_ids": report.imported,
+        "skipped": len(report.local) - len(report.imported),
+        "node": bridge.settings.node,
+    }
+    await bridge.log.record(SECURITY_STREAM, VAULT_IMPORTED, data, actor="bridge")
 
 
 async def _record_new_nonce_store(bridge: Bridge) -> None:

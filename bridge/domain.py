@@ -52,6 +52,7 @@ ADMIN_AUTH_FAILED: Final = "AdminAuthFailed"
 CONSOLE_SIGNED_IN: Final = "ConsoleSignedIn"
 CONSOLE_SIGNED_OUT: Final = "ConsoleSignedOut"
 NONCE_STORE_CREATED: Final = "NonceStoreCreated"
+VAULT_IMPORTED: Final = "VaultImported"
 CONTENTS_READ: Final = "ContentsRead"
 
 TERMINAL_TYPES: Final = frozenset(
@@ -125,3 +126,6 @@ class Fact(NamedTuple):
     data: dict
     actor: str
     time: float
+    sealed: bool = False
+    """Its contents are encrypted in the store: `agents forget` of its actor erases them
+    (clear contents written before encryption existed stay as they are)."""

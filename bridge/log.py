@@ -15,6 +15,9 @@ With a `Sealer`, contents are encrypted here on the way in and opened on the way
 The associated data names the record's stream version, which the store assigns; the Log
 therefore tracks each stream's version as it applies facts and appends sealed events with
 that expected version, re-sealing on the (rare) conflict when the caller asked for none.
+Each fact says whether its contents were sealed (`Fact.sealed`): when an AgentForgotten
+fact is applied, locally or followed, projections replace what that agent sealed by
+``[erased]`` — the state a replay after the forget would rebuild.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import msgspec
 from events import ANY_VERSION, EventStore, NewEvent, Record, StoreError, WrongExpectedVersion
 
 from .domain import AGENT_FORGOTTEN, Fact
-from .sealing import Sealer
+from .sealing import Sealer, content_fields, is_sealed
 
 log = logging.getLogger(__name__)
 _FOLLOW_RETRY_S = 0.5
@@ -134,7 +137,7 @@ class Log:
         if r.position <= self._watermark or r.position in self._above:
             return None  # our own append coming back through the subscription: no decrypt
         data = r.data if self.sealer is None else self.sealer.open_record(r)
-        fact = Fact(r.position, r.stream, r.type, data, r.actor, r.time)
+        fact = Fact(r.position, r.stream, r.type, data, r.actor, r.time, is_sealed(r.data))
         return fact if self._apply(fact) else None
 
     def _track(self, stream: str, version: int) -> None:
@@ -146,12 +149,16 @@ class Log:
     async def append(
         self, stream: str, events: Sequence[NewEvent], expected_version: int = ANY_VERSION
     ) -> list[int]:
-        if self.sealer is not None and self.sealer.wants(events):
+        sealed = self.sealer is not None and self.sealer.wants(events)
+        if sealed:
             positions = await self._append_sealed(stream, events, expected_version)
         else:
             positions = await self._submit(stream, events, expected_version, expected_version)
         for position, event in zip(positions, events, strict=True):
-            self._apply(Fact(position, stream, event.type, event.data, event.actor, event.time))
+            held = sealed and bool(content_fields(event.type, event.data))
+            self._apply(
+                Fact(position, stream, event.type, event.data, event.actor, event.time, held)
+            )
         return positions
 
     async def _submit(

@@ -10,6 +10,11 @@ Hand-out is fair: items are taken round-robin by sender, so one agent flooding a
 cannot starve the others. A broadcast's content is stored once (one MessageSent naming all
 recipients) and shared by their items; messages nobody acknowledges within the retention
 are expired by an appended MailboxItemsExpired fact, never dropped silently.
+
+`agents forget` reaches items already queued: when the AgentForgotten fact is applied
+(recorded here or followed from another bridge), every item whose sealed content that
+agent wrote reads ``[erased]`` from then on — the same mailbox a replay would rebuild —
+so `wait_for_messages` never hands out what was erased.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .domain import (
+    AGENT_FORGOTTEN,
     AGENT_REVOKED,
     MAILBOX_ACKNOWLEDGED,
     MAILBOX_ITEMS_EXPIRED,
     MESSAGE_DELIVERED,
     MESSAGE_SENT,
+    REQUEST_CREATED,
     REQUEST_DELIVERED,
     REQUEST_FELL_BACK,
     REQUEST_ROUTED,
@@ -35,6 +42,7 @@ from .domain import (
     digest,
     mailbox_stream,
 )
+from .sealing import erased
 
 if TYPE_CHECKING:
     from .log import Log
@@ -69,6 +77,7 @@ class MailItem:
     kind: str  # "message" | "request"
     position: int
     payload: dict[str, Any]
+    sealed: bool = False  # its content is encrypted in the store (forget erases it)
 
 
 @dataclass(slots=True)
@@ -86,7 +95,8 @@ class Mailboxes:
 
     def __init__(self) -> None:
         self._boxes: dict[str, Mailbox] = {}
-        self._requests: dict[str, dict[str, Any]] = {}  # open request id -> created data
+        # open request id -> its RequestCreated data, and whether that was sealed
+        self._requests: dict[str, tuple[dict[str, Any], bool]] = {}
 
     def box(self, agent: str) -> Mailbox:
         box = self._boxes.get(agent)
@@ -110,11 +120,12 @@ class Mailboxes:
                     "content": data["content"],
                     "sent_at": fact.time,
                 },
+                fact.sealed,
             )
             for agent in data.get("recipients") or [data["to"]]:
                 self._add(agent, item)
-        elif fact.type == "RequestCreated":
-            self._requests[data["request_id"]] = data
+        elif fact.type == REQUEST_CREATED:
+            self._requests[data["request_id"]] = (data, fact.sealed)
         elif (fact.type == REQUEST_ROUTED and data["path"] == "legacy") or (
             fact.type == REQUEST_FELL_BACK
         ):
@@ -137,6 +148,19 @@ class Mailboxes:
                 box.items.pop(item, None)
         elif fact.type == AGENT_REVOKED:
             self.box(data["agent"]).wake()
+        elif fact.type == AGENT_FORGOTTEN:
+            self._erase(str(data.get("agent")))
+
+    def _erase(self, agent: str) -> None:
+        """The contents `agent` wrote, sealed, read ``[erased]`` (its keys are destroyed)."""
+        for request_id, (created, sealed) in self._requests.items():
+            if sealed and created.get("from") == agent:
+                self._requests[request_id] = (erased(REQUEST_CREATED, created), sealed)
+        for box in self._boxes.values():
+            for item in box.items.values():
+                if item.sealed and item.payload.get("from") == agent:
+                    kind = MESSAGE_SENT if item.kind == "message" else REQUEST_CREATED
+                    item.payload = erased(kind, item.payload)
 
     def _add(self, agent: str, item: MailItem) -> None:
         box = self.box(agent)
@@ -144,9 +168,10 @@ class Mailboxes:
         box.wake()
 
     def _queue_request(self, request_id: str, recipient: str, position: int) -> None:
-        created = self._requests.get(request_id)
-        if created is None:  # unknown, or closed already
+        entry = self._requests.get(request_id)
+        if entry is None:  # unknown, or closed already
             return
+        created, sealed = entry
         self._add(
             recipient,
             MailItem(
@@ -161,13 +186,14 @@ class Mailboxes:
                     "schema": created["schema"],
                     "deadline": created["deadline"],
                 },
+                sealed,
             ),
         )
 
     def _close_request(self, request_id: str) -> None:
-        created = self._requests.pop(request_id, None)
-        if created is not None:
-            box = self._boxes.get(created["recipient"])
+        entry = self._requests.pop(request_id, None)
+        if entry is not None:
+            box = self._boxes.get(entry[0]["recipient"])
             if box is not None:
                 box.items.pop(request_id, None)
 

@@ -155,19 +155,20 @@ class PostgresNodes(SoloNodes):
 
 async def live_nodes(database_url: str) -> list[str]:
     """The bridges alive on the store at `database_url` now, by the database clock, for a
-    process that is not a bridge itself (`lighthouse repair --database-url`); empty when no
-    bridge ever ran there (no table yet)."""
+    process that is not a bridge itself: a command that must run alone, or `lighthouse
+    repair --database-url` leaving live bridges their work. Empty when no bridge ever ran
+    there (no table yet)."""
     import asyncpg
 
     conn = await asyncpg.connect(database_url, timeout=5, command_timeout=5)
     try:
+        if await conn.fetchval("SELECT to_regclass('lh_nodes')") is None:
+            return []
         rows = await conn.fetch(
             "SELECT node FROM lh_nodes WHERE now() - last_seen < make_interval(secs => $1)"
             " ORDER BY node",
             STALE_S,
         )
-    except asyncpg.UndefinedTableError:
-        return []
     finally:
         await conn.close()
     return [r["node"] for r in rows]

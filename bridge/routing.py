@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from security import AgentInfo, KeyRegistry
 
 from .display import printable
 from .domain import (
+    AGENT_FORGOTTEN,
     ANSWER_REJECTED,
     MESSAGE_SENT,
     REQUEST_CREATED,
@@ -57,6 +59,7 @@ from .mcp import PushFailed
 from .metrics import Metrics
 from .nodes import SoloNodes
 from .schema import ContentError, check_content, check_schema
+from .sealing import erased
 from .sessions import LiveSession, Presence
 
 log = logging.getLogger(__name__)
@@ -163,7 +166,20 @@ class OpenRequest:
     node: str | None = None  # the bridge that pushes it (RequestRouted.node)
     asked_on: str | None = None  # the bridge that took the ask (RequestCreated.node)
     version: int = 0  # facts in its stream so far: the terminal append expects it
+    sealed: bool = False  # its question is encrypted in the store (forget erases it)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def askable(self) -> bool:
+        """Whether the question can be put to the recipient as a form: not once its
+        contents read ``[erased]`` (or ``[unreadable]``), which leaves no schema."""
+        return isinstance(self.schema, dict)
+
+    def erase(self) -> None:
+        """Its caller was forgotten: the question reads ``[erased]``, as after a replay.
+        The fingerprint goes too (it is a hash of the question); no re-attach matches."""
+        gone = erased(REQUEST_CREATED, {"message": self.message, "schema": self.schema})
+        self.message, self.schema, self.fingerprint = gone["message"], gone["schema"], ""
 
     def result_future(self) -> asyncio.Future[dict[str, Any]]:
         if self.answer is None:
@@ -186,6 +202,8 @@ class Requests:
         self.closed_index = closed_index
         self.by_caller: Counter[str] = Counter()
         self.by_recipient: Counter[str] = Counter()
+        # Told of open requests whose question was just erased (the router moves them on).
+        self.on_erased: Callable[[list[OpenRequest]], None] = lambda requests: None
 
     def apply(self, fact: Fact) -> None:
         data = fact.data
@@ -207,10 +225,17 @@ class Requests:
                 position=fact.position,
                 version=1,
                 asked_on=data.get("node"),
+                sealed=fact.sealed,
             )
             self.open[req.request_id] = req
             self.by_caller[req.caller] += 1
             self.by_recipient[req.recipient] += 1
+        elif fact.type == AGENT_FORGOTTEN:
+            gone = self.erasable(str(data.get("agent")))
+            for req in gone:
+                req.erase()
+            if gone:
+                self.on_erased(gone)
         elif fact.type in (REQUEST_ROUTED, REQUEST_FELL_BACK):
             if req is not None:
                 req.path = data.get("path", "legacy")
@@ -239,6 +264,10 @@ class Requests:
             if req.answer is not None and not req.answer.done():
                 req.answer.set_result(terminal_result(request_id, fact.type, data, req.path))
             req.notify()
+
+    def erasable(self, agent: str) -> list[OpenRequest]:
+        """Open requests whose sealed question `agent` asked (what its forget erases)."""
+        return [r for r in self.open.values() if r.caller == agent and r.sealed]
 
 
 # Causes after which the pending push cannot complete; after the others (the flag, a drain)
@@ -297,6 +326,7 @@ class Router:
         self.elicitation_observer: Any = None  # the auto-rollback guard (bridge.guard.Guard)
         self.wake: Any = lambda agent: None  # wakes the recipient's pending wait call
         flags.on_change(self._flags_changed)
+        requests.on_erased = self._questions_erased
 
     # -- asking ---------------------------------------------------------------------------
 
@@ -789,6 +819,11 @@ class Router:
         if terminal is None:
             raise AnswerRefused("bad_action", "action must be accept, decline or cancel")
         if action == "accept":
+            if not req.askable:
+                raise AnswerRefused(
+                    "question_erased",
+                    "the question was erased (its asker was forgotten); decline or cancel it",
+                )
             size = encoded_size(content)
             if size > self.limits.max_content_bytes:
                 raise AnswerRefused(
@@ -901,6 +936,8 @@ class Router:
     ) -> None:
         """Send elicitation/create on the recipient session's GET stream; take its answer.
         `recorded`: its RequestDelivered was already appended with the request."""
+        if not req.askable:
+            return  # erased while it waited for a stream: it went to the mailbox instead
         self.metrics.elicitations_in_flight.inc()
         req.extra["session_id"] = session.session_id
         started = time.perf_counter()
@@ -912,7 +949,7 @@ class Router:
                     _delivered(req.request_id, req.recipient, session),
                     actor="bridge",
                 )
-            while not req.closing:
+            while not req.closing and req.askable:
                 remaining = req.deadline - _now()
                 if remaining <= 0:
                     return
@@ -976,6 +1013,7 @@ class Router:
             and not r.closing
             and r.delivery is None
             and r.deadline > now
+            and r.askable
         ]
         found.sort(key=lambda r: r.created_at)
         return fair(found, lambda r: r.caller, limit)
@@ -1044,6 +1082,19 @@ class Router:
         if moved:
             self.metrics.fallbacks.labels(cause).inc()
         return moved
+
+    def _questions_erased(self, requests: list[OpenRequest]) -> None:
+        """Their caller was forgotten (here or on another bridge): the questions read
+        ``[erased]``, and a question that is gone cannot be put as a form. Each one this
+        bridge moves along — it pushes it, or asked it for a 2026-07-28 offer — goes to
+        the recipient's mailbox, where it reads ``[erased]`` and can be declined (or
+        times out). It stays open: the recipient learns it was asked something, not
+        what. A form already on the recipient's screen cannot be recalled; accepting it
+        is refused (`question_erased`: there is no schema left to check an answer)."""
+        for req in requests:
+            pusher = req.node == self.node or (req.node is None and req.extra.get("asked_here"))
+            if req.path == "elicitation" and pusher:
+                self.spawn(self.fall_back(req, "contents_erased"))
 
     def waiting_callers(self) -> int:
         """Asks whose caller is still waiting for the answer."""

@@ -17,7 +17,9 @@ envelope and are handed on as they are.
 The key is the data key of the event's actor (the agent who wrote the content). When that
 key was destroyed by `agents forget`, contents read as ``[erased]``; when a record does not
 open for any other reason (moved, tampered, key row missing), it is reported by position
-and its contents read as ``[unreadable]`` — the other records are unaffected.
+and its contents read as ``[unreadable]`` — the other records are unaffected. A shared
+vault that cannot be reached is no verdict on a record: its `StoreError` goes up (the log
+follower retries from the same position; an append answers 503), nothing is marked.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Final
 
 import msgspec
 
-from events import NewEvent
+from events import NewEvent, StoreError
 from security.content import DataKeys, OpenError
 from security.keys import VaultError
 
@@ -104,6 +106,13 @@ def keyless(type_: str, data: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in data.items() if k != ENVELOPE}
     out.update(dict.fromkeys(fields if isinstance(fields, list) else [], SEALED))
     return out
+
+
+def erased(type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A sealed fact's data as it reads once its author's keys are destroyed: what a
+    replay after `agents forget` gives, for projections that hold the fact already."""
+    fields = [f for f in CONTENT_FIELDS.get(type_, ()) if data.get(f) is not None]
+    return {**data, **dict.fromkeys(fields, ERASED)} if fields else data
 
 
 def redacted(type_: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +205,8 @@ class Sealer:
                 self.store_id, stream, version, event.event_id, event.type, key_id, fields
             )
             nonce, ciphertext = cipher.seal(plaintext, associated)
+        except StoreError:  # a shared vault out of reach: the store's 503, retry later
+            raise
         except Exception as exc:  # whatever broke (vault, key, encoding): nothing in clear
             self._on_seal_failure()
             raise SealError(f"cannot encrypt the contents of a {event.type}: {exc}") from None
@@ -237,11 +248,11 @@ class Sealer:
         try:
             if not isinstance(key_id, str) or not isinstance(fields, list):
                 raise OpenError("malformed envelope")
+            if key_id in self.forgotten:  # before the vault: another bridge may be
+                out.update(dict.fromkeys(fields, ERASED))  # about to delete the key row
+                return out
             cipher = self.keys.cipher(key_id)
             if cipher is None:
-                if key_id in self.forgotten:
-                    out.update(dict.fromkeys(fields, ERASED))
-                    return out
                 raise OpenError(f"data key {key_id} is not in the vault")
             associated = _associated(
                 self.store_id, stream, version, event_id, type_, key_id, fields
@@ -250,6 +261,8 @@ class Sealer:
                 base64.b64decode(envelope["nonce"]), base64.b64decode(envelope["ct"]), associated
             )
             opened = _decode(plaintext)
+        except StoreError:  # a shared vault out of reach is no verdict on this record
+            raise
         except (OpenError, VaultError, KeyError, ValueError, TypeError, msgspec.DecodeError) as exc:
             failure = OpenFailure(position, stream, type_, str(exc) or type(exc).__name__)
             self.failures.append(failure)

@@ -24,6 +24,7 @@ from .model import Checkpoint, checkpoint_payload
 from .note import NoteSigner
 
 _FINGERPRINT_LABEL = b"lighthouse chain key fingerprint v1"
+_STATEMENT_PREFIX = b"\x00lighthouse statement v1\x00"
 
 
 def write_secret_file(path: Path, content: bytes) -> None:
@@ -140,12 +141,28 @@ class CheckpointSigner:
         sig = self._key.sign(checkpoint_payload(cp))
         return msgspec.structs.replace(cp, signature=base64.b64encode(sig).decode())
 
+    def sign_statement(self, statement: bytes) -> str:
+        """Sign (base64) a statement about this log that is not a checkpoint, e.g. what a
+        redacted export says of a record it cannot show whole. The prefix keeps these
+        signatures apart from checkpoint payloads (JSON arrays) and signed notes (text
+        without control characters): none can be passed off as another."""
+        return base64.b64encode(self._key.sign(_STATEMENT_PREFIX + statement)).decode()
+
 
 def load_public_key(pem: bytes) -> Ed25519PublicKey:
     key = serialization.load_pem_public_key(pem)
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError("not an Ed25519 public key")
     return key
+
+
+def statement_signature_ok(statement: bytes, signature: str, public_key: Ed25519PublicKey) -> bool:
+    """Whether `signature` is `CheckpointSigner.sign_statement(statement)` by this key."""
+    try:
+        public_key.verify(base64.b64decode(signature, validate=True), _STATEMENT_PREFIX + statement)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 def checkpoint_signature_ok(cp: Checkpoint, public_key: Ed25519PublicKey) -> bool:

@@ -728,12 +728,10 @@ class PostgresEventStore(GroupCommitStore):
         while self._head.position < position and not self._closed:
             if self._appended is None:
                 self._appended = asyncio.get_running_loop().create_future()
-            woken = self._appended
-            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
-            # arrives as the wake-up completes, and the follower could then never be stopped
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
-                    await asyncio.shield(woken)
+            # `asyncio.wait`, not `wait_for(shield(…))`: on Python 3.11 wait_for drops a
+            # cancellation that arrives as the future completes (a commit of our own right
+            # before `stop_following`), and the follower would never stop.
+            await asyncio.wait([self._appended], timeout=self.poll_interval)
             with contextlib.suppress(StoreUnavailable):  # keep polling until it is back
                 await self._refresh_head()
 
@@ -749,8 +747,7 @@ class PostgresEventStore(GroupCommitStore):
                 self._notify_appended()  # re-check what happened while not listening
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(10.0):  # (as in `_wait_beyond`)
-                            await lost.wait()
+                        await asyncio.wait_for(lost.wait(), 10.0)
                     if not lost.is_set():
                         await conn.fetchval("SELECT 1")  # a silently dead link shows here
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:

@@ -26,7 +26,7 @@ import threading
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .keys import SQLiteSecretVault
+from .keys import SecretVault
 
 __all__ = ["ContentCipher", "DataKeys", "OpenError"]
 
@@ -70,16 +70,21 @@ class DataKeys:
     Key ids carry a random part, so an agent registered again after being forgotten gets a
     new key and its old contents stay erased. Keys are never logged or put in events; only
     their ids are.
+
+    The vault may be shared by several bridges: a key another bridge made is found on the
+    first miss (the vault is asked), and a key another bridge destroyed is dropped here when
+    its `AgentForgotten` fact is followed (:meth:`forget_cached`) and never used again, even
+    while that bridge has not deleted the row yet.
     """
 
-    def __init__(self, vault: SQLiteSecretVault) -> None:
+    def __init__(self, vault: SecretVault) -> None:
         self._vault = vault
         self._current: dict[str, str] = {}  # agent -> key id
         self._ciphers: dict[str, ContentCipher] = {}
+        self._destroyed: set[str] = set()  # key ids recorded as forgotten
         self._lock = threading.Lock()
         for key_id in vault.key_ids(_KEY_PREFIX):
-            agent = key_id[len(_KEY_PREFIX) :].rpartition(":")[0]
-            self._current.setdefault(agent, key_id)
+            self._current.setdefault(_agent_of(key_id), key_id)
 
     @staticmethod
     def is_data_key(key_id: str) -> bool:
@@ -92,18 +97,27 @@ class DataKeys:
             with self._lock:
                 key_id = self._current.get(agent)
                 if key_id is None:
-                    key_id = f"{_KEY_PREFIX}{agent}:{secrets.token_hex(8)}"
-                    self._vault.put(key_id, AESGCM.generate_key(bit_length=256))
-                    self._current[agent] = key_id
+                    key_id = self._current[agent] = self._find_or_make(agent)
         cipher = self.cipher(key_id)
         if cipher is None:
             raise OpenError(f"data key {key_id} is gone from the vault")
         return key_id, cipher
 
+    def _find_or_make(self, agent: str) -> str:
+        """A live key another process made for *agent* (shared vault), else a new one."""
+        for key_id in self.key_ids(agent):
+            if key_id not in self._destroyed:
+                return key_id
+        key_id = f"{_KEY_PREFIX}{agent}:{secrets.token_hex(8)}"
+        self._vault.put(key_id, AESGCM.generate_key(bit_length=256))
+        return key_id
+
     def cipher(self, key_id: str) -> ContentCipher | None:
         """The cipher of a key id, or None when the key was destroyed (or never existed)."""
         cipher = self._ciphers.get(key_id)
         if cipher is None:
+            if key_id in self._destroyed:
+                return None
             key = self._vault.get(key_id)
             if key is None:
                 return None
@@ -113,20 +127,30 @@ class DataKeys:
     def key_ids(self, agent: str) -> list[str]:
         return self._vault.key_ids(f"{_KEY_PREFIX}{agent}:")
 
-    def destroy(self, agent: str) -> list[str]:
-        """Delete every data key of *agent* from the vault and the cache; returns their ids."""
+    def destroy(self, key_ids: list[str]) -> list[str]:
+        """Delete these data keys from the vault and the cache; returns their ids.
+
+        Exactly the ids the forget fact names: a key made meanwhile (by another bridge, for
+        content written after the forget was decided) is not erased by a fact that does
+        not name it."""
         with self._lock:
-            ids = self.key_ids(agent)
-            for key_id in ids:
+            self.forget_cached(key_ids)
+            for key_id in key_ids:
                 self._vault.delete(key_id)
-                self._ciphers.pop(key_id, None)
-            self._current.pop(agent, None)
-        return ids
+        return list(key_ids)
 
     def forget_cached(self, key_ids: list[str]) -> None:
-        """Drop ciphers another process destroyed (seen through its recorded event)."""
+        """Never use these keys again (seen through a recorded forget, this process's or
+        another's): ciphers and cached secrets dropped, the agent's next content gets a
+        new key."""
+        self._destroyed.update(key_ids)
+        self._vault.forget_cached(key_ids)
         for key_id in key_ids:
             self._ciphers.pop(key_id, None)
         for agent, key_id in list(self._current.items()):
             if key_id in key_ids:
                 del self._current[agent]
+
+
+def _agent_of(key_id: str) -> str:
+    return key_id[len(_KEY_PREFIX) :].rpartition(":")[0]

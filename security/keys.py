@@ -6,7 +6,8 @@ Three separate concerns, on purpose:
   The HMAC key is the 32 decoded bytes.
 * **Storage**: the server must keep the secret (HMAC is symmetric), so it is kept
   encrypted under a master key that lives in a file *outside* the database
-  (:class:`SQLiteSecretVault`). AES-GCM with the key id as associated data means a row
+  (:class:`SecretVault`: :class:`SQLiteSecretVault` for one bridge, ``security.pgvault``
+  for bridges sharing PostgreSQL). AES-GCM with the key id as associated data means a row
   copied onto another key id fails to decrypt instead of handing out the wrong secret.
 * **Lifecycle** (issued, rotated with a grace period, revoked) is event-sourced by the
   bridge; :class:`KeyRegistry` is the pure projection of those events. Events never carry
@@ -23,7 +24,7 @@ import sqlite3
 import stat
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -128,31 +129,153 @@ def load_master_key(path: str | Path, *, create: bool = False) -> bytes:
     return key
 
 
+Rewrap = Callable[[str, bytes, bytes], tuple[bytes, bytes]]
+"""(key id, nonce, ciphertext) under the old master key -> (nonce, ciphertext) under the new."""
+
+
+def _wrap(aead: AESGCM, key_id: str, secret: bytes) -> tuple[bytes, bytes]:
+    nonce = secrets.token_bytes(12)
+    return nonce, aead.encrypt(nonce, secret, key_id.encode())
+
+
 class SecretVault(ABC):
-    """Where agent secrets live, encrypted. Writes are rare (add, rotate)."""
+    """Where agent secrets and content data keys live, each wrapped by the master key.
+
+    One interface whatever the backend. A row is AES-256-GCM under the master key with the
+    key id as associated data, so a row copied onto another key id fails to decrypt instead
+    of handing out the wrong secret. A secret is cached in memory after its first use (the
+    verifier looks one up on every request); writes are rare (an agent added or rotated, an
+    agent's first content, forget). A backend supplies only the row storage below.
+    """
+
+    def __init__(self, master_key: bytes) -> None:
+        if len(master_key) != 32:
+            raise MasterKeyError("master key must be 32 bytes")
+        self._aead = AESGCM(master_key)
+        self._cache: dict[str, bytes] = {}
+
+    # -- row storage, one implementation per backend ---------------------------------------
 
     @abstractmethod
+    def _insert(self, key_id: str, nonce: bytes, ciphertext: bytes) -> bool:
+        """Add one wrapped row; False (nothing written) when the key id has one already."""
+
+    @abstractmethod
+    def _fetch(self, key_id: str) -> tuple[bytes, bytes] | None:
+        """(nonce, ciphertext) of one key id, or None."""
+
+    @abstractmethod
+    def _remove(self, key_id: str) -> None: ...
+
+    @abstractmethod
+    def _ids(self, prefix: str) -> list[str]:
+        """Key ids starting with *prefix*, oldest first."""
+
+    @abstractmethod
+    def wrapped_rows(self) -> list[tuple[str, bytes, bytes]]:
+        """(key id, nonce, ciphertext) of every row, still wrapped (for checks and moves)."""
+
+    @abstractmethod
+    def _rewrap_rows(self, rewrap: Rewrap, new: AESGCM) -> int:
+        """Replace every row by ``rewrap(key_id, nonce, ciphertext)`` in one transaction
+        (nothing changes if it raises); *new* wraps whatever else the backend keeps."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- the interface ---------------------------------------------------------------------
+
     def put(self, key_id: str, secret: bytes) -> None:
         """Store *secret* for *key_id*; refuses to overwrite an existing key id."""
+        if not self._insert(key_id, *_wrap(self._aead, key_id, secret)):
+            raise VaultError(f"key id {key_id} already has a secret")
+        self._cache[key_id] = secret
 
-    @abstractmethod
+    def put_if_absent(self, key_id: str, secret: bytes) -> bytes:
+        """Store *secret* unless *key_id* has one; the stored secret either way. For a key
+        several processes may make at once: the first insert wins, the others read it."""
+        if self._insert(key_id, *_wrap(self._aead, key_id, secret)):
+            self._cache[key_id] = secret
+            return secret
+        stored = self.get(key_id)
+        if stored is None:  # inserted and deleted between our two statements
+            raise VaultError(f"key id {key_id} vanished while it was being created")
+        return stored
+
     def get(self, key_id: str) -> bytes | None:
         """The secret, or None when the key id has none."""
+        cached = self._cache.get(key_id)
+        if cached is not None:
+            return cached
+        row = self._fetch(key_id)
+        if row is None:
+            return None
+        try:
+            secret = self._aead.decrypt(row[0], row[1], key_id.encode())
+        except InvalidTag as exc:
+            raise VaultError(
+                f"secret of {key_id} does not decrypt: wrong master key or tampered row"
+            ) from exc
+        self._cache[key_id] = secret
+        return secret
 
-    @abstractmethod
     def delete(self, key_id: str) -> None:
-        """Forget a secret (after revocation or the end of a grace period)."""
+        """Destroy a secret (a forgotten agent's data key)."""
+        self._remove(key_id)
+        self._cache.pop(key_id, None)
+
+    def key_ids(self, prefix: str = "") -> list[str]:
+        """Stored key ids starting with *prefix*, oldest first (ids only, never secrets)."""
+        return self._ids(prefix)
+
+    def forget_cached(self, key_ids: Iterable[str]) -> None:
+        """Drop cached secrets another process destroyed: the next `get` asks the backend."""
+        for key_id in key_ids:
+            self._cache.pop(key_id, None)
+
+    def check(self) -> int:
+        """Open every stored row once; raises MasterKeyError if the master key is not the
+        one they were wrapped with. Run at start-up so a wrong key file stops the bridge
+        with a clear message instead of failing on the first signed request."""
+        rows = self.wrapped_rows()
+        for key_id, nonce, ciphertext in rows:
+            try:
+                self._aead.decrypt(nonce, ciphertext, key_id.encode())
+            except InvalidTag:
+                raise MasterKeyError(
+                    f"the master key does not open the vault ({len(rows)} wrapped key(s), "
+                    f"first failure {key_id}): wrong key file or tampered vault; restore "
+                    "the key file the store was created with"
+                ) from None
+        return len(rows)
+
+    def rewrap(self, new_master_key: bytes) -> int:
+        """Re-encrypt every stored secret under *new_master_key* in one transaction.
+
+        Events are untouched: they hold ciphertext under data keys, and only the wrapping
+        of those keys changes. Returns how many rows were re-wrapped."""
+        if len(new_master_key) != 32:
+            raise MasterKeyError("master key must be 32 bytes")
+        new = AESGCM(new_master_key)
+
+        def rewrap(key_id: str, nonce: bytes, ciphertext: bytes) -> tuple[bytes, bytes]:
+            try:
+                secret = self._aead.decrypt(nonce, ciphertext, key_id.encode())
+            except InvalidTag:
+                raise VaultError(f"{key_id} does not decrypt; nothing re-wrapped") from None
+            return _wrap(new, key_id, secret)
+
+        count = self._rewrap_rows(rewrap, new)
+        self._aead = new
+        return count
 
 
 class SQLiteSecretVault(SecretVault):
     """Secrets in table ``key_vault`` of the given SQLite file (normally the main store),
-    over a connection of its own. Decrypted secrets are cached in memory: the verifier
-    looks one up on every request."""
+    over a connection of its own: the vault of a single bridge."""
 
     def __init__(self, db_path: str | Path, master_key: bytes) -> None:
-        if len(master_key) != 32:
-            raise MasterKeyError("master key must be 32 bytes")
-        self._aead = AESGCM(master_key)
+        super().__init__(master_key)
         self._db = sqlite3.connect(str(db_path), isolation_level=None, timeout=5.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
@@ -161,7 +284,6 @@ class SQLiteSecretVault(SecretVault):
             " key_id TEXT PRIMARY KEY, nonce BLOB NOT NULL, ciphertext BLOB NOT NULL,"
             " created REAL NOT NULL)"
         )
-        self._cache: dict[str, bytes] = {}
 
     @classmethod
     def open(
@@ -184,83 +306,38 @@ class SQLiteSecretVault(SecretVault):
                 raise MasterKeyError(f"master key file {key_file} not found")
         return cls(db_path, load_master_key(key_file, create=fresh_install))
 
-    def put(self, key_id: str, secret: bytes) -> None:
-        nonce = secrets.token_bytes(12)
-        ciphertext = self._aead.encrypt(nonce, secret, key_id.encode())
+    def _insert(self, key_id: str, nonce: bytes, ciphertext: bytes) -> bool:
         try:
             self._db.execute(
                 "INSERT INTO key_vault(key_id, nonce, ciphertext, created) VALUES (?,?,?,?)",
                 (key_id, nonce, ciphertext, time.time()),
             )
-        except sqlite3.IntegrityError as exc:
-            raise VaultError(f"key id {key_id} already has a secret") from exc
-        self._cache[key_id] = secret
+        except sqlite3.IntegrityError:
+            return False
+        return True
 
-    def get(self, key_id: str) -> bytes | None:
-        cached = self._cache.get(key_id)
-        if cached is not None:
-            return cached
-        row = self._db.execute(
+    def _fetch(self, key_id: str) -> tuple[bytes, bytes] | None:
+        return self._db.execute(
             "SELECT nonce, ciphertext FROM key_vault WHERE key_id = ?", (key_id,)
         ).fetchone()
-        if row is None:
-            return None
-        try:
-            secret = self._aead.decrypt(row[0], row[1], key_id.encode())
-        except InvalidTag as exc:
-            raise VaultError(
-                f"secret of {key_id} does not decrypt: wrong master key or tampered row"
-            ) from exc
-        self._cache[key_id] = secret
-        return secret
 
-    def delete(self, key_id: str) -> None:
+    def _remove(self, key_id: str) -> None:
         self._db.execute("DELETE FROM key_vault WHERE key_id = ?", (key_id,))
-        self._cache.pop(key_id, None)
 
-    def key_ids(self, prefix: str = "") -> list[str]:
-        """Stored key ids starting with *prefix*, oldest first (ids only, never secrets)."""
+    def _ids(self, prefix: str) -> list[str]:
         rows = self._db.execute(
             "SELECT key_id FROM key_vault WHERE substr(key_id, 1, ?) = ? ORDER BY created",
             (len(prefix), prefix),
         ).fetchall()
         return [r[0] for r in rows]
 
-    def check(self) -> int:
-        """Open every stored row once; raises MasterKeyError if the master key is not the
-        one they were wrapped with. Run at start-up so a wrong key file stops the bridge
-        with a clear message instead of failing on the first signed request."""
-        rows = self._db.execute("SELECT key_id, nonce, ciphertext FROM key_vault").fetchall()
-        for key_id, nonce, ciphertext in rows:
-            try:
-                self._aead.decrypt(nonce, ciphertext, key_id.encode())
-            except InvalidTag:
-                raise MasterKeyError(
-                    f"the master key does not open the vault ({len(rows)} wrapped key(s), "
-                    f"first failure {key_id}): wrong key file or tampered vault; restore "
-                    "the key file the store was created with"
-                ) from None
-        return len(rows)
+    def wrapped_rows(self) -> list[tuple[str, bytes, bytes]]:
+        return self._db.execute("SELECT key_id, nonce, ciphertext FROM key_vault").fetchall()
 
-    def rewrap(self, new_master_key: bytes) -> int:
-        """Re-encrypt every stored secret under *new_master_key* in one transaction.
-
-        Events are untouched: they hold ciphertext under data keys, and only the wrapping
-        of those keys changes. Returns how many rows were re-wrapped."""
-        if len(new_master_key) != 32:
-            raise MasterKeyError("master key must be 32 bytes")
-        new = AESGCM(new_master_key)
-        rows = self._db.execute("SELECT key_id, nonce, ciphertext FROM key_vault").fetchall()
-        updates = []
-        for key_id, nonce, ciphertext in rows:
-            try:
-                secret = self._aead.decrypt(nonce, ciphertext, key_id.encode())
-            except InvalidTag as exc:
-                raise VaultError(f"{key_id} does not decrypt; nothing re-wrapped") from exc
-            fresh = secrets.token_bytes(12)
-            updates.append((fresh, new.encrypt(fresh, secret, key_id.encode()), key_id))
+    def _rewrap_rows(self, rewrap: Rewrap, new: AESGCM) -> int:
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            updates = [(*rewrap(*row), row[0]) for row in self.wrapped_rows()]
             self._db.executemany(
                 "UPDATE key_vault SET nonce = ?, ciphertext = ? WHERE key_id = ?", updates
             )
@@ -268,7 +345,6 @@ class SQLiteSecretVault(SecretVault):
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self._aead = new
         return len(updates)
 
     def close(self) -> None:

@@ -73,6 +73,8 @@ class BridgeProcess:
     workdir: Path
     port: int = field(default_factory=free_port)
     extra_args: tuple[str, ...] = ()
+    module: str = "bridge.cli"
+    """What `python -m` runs: the CLI, or a benchmark's wrapper of it."""
     proc: subprocess.Popen[str] | None = None
     agents: dict[str, Agent] = field(default_factory=dict)
 
@@ -116,7 +118,7 @@ class BridgeProcess:
                 [
                     sys.executable,
                     "-m",
-                    "bridge.cli",
+                    self.module,
                     "serve",
                     "--port",
                     str(self.port),

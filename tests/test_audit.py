@@ -26,10 +26,18 @@ from mcp_types import ElicitResult
 
 from bridge.audit import AuditQuery, StoreSource, parse_time, security_report
 from bridge.audit_export import verify_export, write_export
+from bridge.audit_redact import RedactionError
 from events import NewEvent, SqliteEventStore, StoreConfig
 from security.keys import decode_secret
 from security.signatures import sign_request
-from tests.harness import SCHEMA, BridgeProcess, read_events, running_bridge, wait_until
+from tests.harness import (
+    SCHEMA,
+    BridgeProcess,
+    answer_next_request,
+    read_events,
+    running_bridge,
+    wait_until,
+)
 
 T0 = 1_790_000_000.0  # fixed event times make the time filters exact
 
@@ -351,6 +359,109 @@ async def test_wrong_public_key_fails(db: Path, tmp_path: Path) -> None:
     assert "wrong key" in report.problems[0].detail
 
 
+# -- redacted exports --------------------------------------------------------------------
+
+SECRET = "the heron ledger is under the third lantern"
+
+
+@pytest.fixture
+async def contents(tmp_path: Path) -> tuple[Path, bytes]:
+    """A store of questions in clear (as before encryption) between records without
+    contents, and its checkpoint public key."""
+    db = tmp_path / "contents.db"
+    store = await SqliteEventStore.open(
+        StoreConfig(path=db, checkpoint_interval=0, checkpoint_every=1_000_000)
+    )
+    try:
+        for i in range(6):
+            rid = f"r{i}"
+            created = {"request_id": rid, "from": "alice", "recipient": "bob", "to": "bob"}
+            created |= {"message": f"{SECRET} #{i}", "schema": SCHEMA}
+            routed = {"request_id": rid, "recipient": "bob", "path": "legacy"}
+            await store.append(
+                f"request-{rid}",
+                [
+                    NewEvent(type="RequestCreated", actor="alice", data=created, time=T0 + i),
+                    NewEvent(type="RequestRouted", actor="alice", data=routed, time=T0 + i),
+                ],
+            )
+        await store.checkpoint()
+    finally:
+        await store.close()
+    return db, (tmp_path / "contents.db.keys" / "checkpoint.pub").read_bytes()
+
+
+async def test_redacted_export_verifies_and_an_edited_clear_field_is_caught(
+    contents: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    db, key = contents
+    out = tmp_path / "redacted.jsonl"
+    summary = await _export(db, out, redact=True)
+    assert summary.records == 12 and "contents left out" in summary.describe()
+    assert SECRET not in out.read_text() and "heron" not in out.read_text()
+    lines = _lines(out)
+    assert lines[0]["redacted"] is True
+    redacted_lines = [i for i, ln in enumerate(lines) if "redaction" in ln]
+    assert [lines[i]["type"] for i in redacted_lines] == ["RequestCreated"] * 6
+    assert lines[redacted_lines[0]]["data"]["redacted"] == {
+        "fields": ["message", "schema"],
+        "size": lines[redacted_lines[0]]["data"]["redacted"]["size"],
+    }
+    (tmp_path / "contents.db.keys").rename(tmp_path / "elsewhere")  # public key only
+    with pytest.raises(RedactionError, match=r"checkpoint\.key is missing"):
+        await _export(db, tmp_path / "nokey.jsonl", redact=True)  # no key, no attestation
+    assert not list(tmp_path.glob("nokey*"))  # and no partial file
+    report = verify_export(out, key)
+    assert report.ok, report.problems
+    assert report.redacted == 6 and report.tree_root is not None  # the tree checked too
+    assert "6 records are redacted: their contents are not in the file" in report.describe()
+
+    damaged = tmp_path / "damaged.jsonl"
+    line = redacted_lines[2]
+    position = lines[line]["position"]
+
+    def problems(edit: dict[str, Any]) -> list[tuple[int, str, str]]:
+        copy = [dict(ln) for ln in lines]
+        copy[line] = {**copy[line], **edit}
+        _write(damaged, copy)
+        found = verify_export(damaged, key).problems
+        return [(p.position, p.kind, p.detail) for p in found]
+
+    for edit in (
+        {"actor": "mallory"},
+        {"time": T0 + 99},
+        {"data": {**lines[line]["data"], "recipient": "mallory"}},
+        {"redaction": {**lines[line]["redaction"], "leaf": lines[line + 2]["redaction"]["leaf"]}},
+    ):
+        found = problems(edit)
+        assert found and found[0][:2] == (position, "edited"), (edit, found)
+        assert f"redacted record {position}: its clear fields" in found[0][2]
+    # the message put back beside its redaction is refused too
+    back = problems({"data": {**lines[line]["data"], "message": "x"}})
+    assert (position, "edited") in [(p, k) for p, k, _ in back]
+    # a redacted record's digest is pinned by the next record's recomputed link
+    digest = problems({"digest": "0" * 64})
+    assert (position + 1, "broken_link") in [(p, k) for p, k, _ in digest]
+
+
+async def test_redacted_inclusion_export_verifies_and_catches_an_edited_field(
+    contents: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    db, key = contents
+    out = tmp_path / "r2.jsonl"
+    summary = await _export(db, out, AuditQuery(request_id="r2"), redact=True)
+    assert summary.inclusion and summary.records == 2
+    assert SECRET not in out.read_text()
+    report = verify_export(out, key)
+    assert report.ok and report.redacted == 1, report.problems
+    lines = _lines(out)
+    [line] = [i for i, ln in enumerate(lines) if "redaction" in ln]
+    lines[line]["actor"] = "mallory"
+    _write(out, lines)
+    [problem] = verify_export(out, key).problems
+    assert (problem.position, problem.kind) == (lines[line]["position"], "edited")
+
+
 # -- the command line --------------------------------------------------------------------
 
 
@@ -590,6 +701,72 @@ async def test_export_from_a_live_bridge_verifies_after_shutdown(live: BridgePro
     assert done.returncode == 0, done.stderr
     report = verify_export(after, pem.read_bytes())
     assert report.ok and report.uncovered == 0, report.problems
+
+
+async def test_redacted_export_from_a_live_bridge_holds_no_contents_nor_ciphertext(
+    live: BridgeProcess,
+) -> None:
+    note, question, answer = "pier nine at dawn", "which crate holds the heron", "crate-4471"
+    async with live.client("bob") as bob, live.client("alice") as alice:
+        await alice.call_tool("send_message", {"to": "bob", "content": note})
+        asked = await alice.call_tool(
+            "ask", {"to": "bob", "message": question, "schema": SCHEMA, "wait": False}
+        )
+        await answer_next_request(bob, answer)
+    rid = asked.structured_content["request_id"]
+    status, _ = live.admin("POST", "/admin/tlog/checkpoint")  # signed now, not in 10 s
+    assert status == 200
+    status, body = live.admin("GET", "/admin/events?contents=stored&attest=true")
+    assert status == 400 and body["field"] == "attest"
+    pem = live.workdir / "pub.pem"
+    pem.write_text(_cli("audit", "pubkey", cwd=live.workdir, env=live.env).stdout)
+    sealed = await read_events(
+        live.db, ["MessageSent", "RequestCreated", "RequestAnswered"], opened=False
+    )
+    ciphertexts = [r.data["sealed"]["ct"] for r in sealed] + [
+        r.data["sealed"]["nonce"] for r in sealed
+    ]
+
+    def redacted_export(*args: str) -> Path:
+        out = live.workdir / f"redacted-{len(list(live.workdir.glob('redacted-*')))}.jsonl"
+        env = live.env if live.proc is not None else None
+        done = _cli(
+            "audit", "export", "--redact", *args, "--out", str(out), cwd=live.workdir, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        text = out.read_text()
+        for secret in (note, question, answer, *ciphertexts):
+            assert secret not in text
+        assert '"ct"' not in text and '"nonce"' not in text
+        return out
+
+    def verify(out: Path) -> subprocess.CompletedProcess:
+        return _cli("audit", "verify-export", str(out), "--public-key", str(pem), cwd=live.workdir)
+
+    through_api = redacted_export()  # the running bridge attests with its checkpoint key
+    ok = verify(through_api)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "3 records are redacted" in ok.stdout
+    lines = _lines(through_api)
+    flipped = next(i for i, ln in enumerate(lines) if ln.get("type") == "RequestCreated")
+    lines[flipped]["actor"] = "carol"  # who asked: a clear field of a redacted record
+    _write(through_api, lines)
+    bad = verify(through_api)
+    position = lines[flipped]["position"]
+    assert bad.returncode == 1
+    assert bad.stdout.startswith(f"FAILED at position {position}: edited: redacted record")
+
+    full = live.workdir / "full.jsonl"
+    assert (
+        _cli("audit", "export", "--out", str(full), cwd=live.workdir, env=live.env).returncode == 0
+    )
+    assert ciphertexts[0] in full.read_text()  # without --redact: records as stored
+    live.stop()
+    from_file = redacted_export("--db", str(live.db))  # attested with the key beside it
+    assert verify(from_file).returncode == 0
+    one = redacted_export("--db", str(live.db), "--request", rid)  # inclusion proofs
+    checked = verify(one)
+    assert checked.returncode == 0 and "2 records are redacted" in checked.stdout, checked.stdout
 
 
 def test_export_refuses_a_record_whose_stored_bytes_were_edited(db: Path, tmp_path: Path) -> None:

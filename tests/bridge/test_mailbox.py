@@ -1,4 +1,5 @@
-"""Mailboxes on a real store: fair hand-out by sender, retention recorded, bounded acks."""
+"""Mailboxes on a real store: fair hand-out by sender, retention recorded, bounded acks,
+and what `agents forget` erases from a running bridge."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from bridge.admin import forget_agent
 from bridge.app import Bridge, open_bridge
 from bridge.config import Settings
 from bridge.domain import MAILBOX_ITEMS_EXPIRED
+from bridge.routing import AnswerRefused
+from bridge.sealing import ERASED
 from tests.harness import SCHEMA
 
 
@@ -58,3 +62,37 @@ async def test_ack_keeps_known_ids_and_a_digest_of_the_rest(bridge: Bridge) -> N
         bridge.mailboxes.acknowledgement("bob", "s1", ["a"] * 1001)
     with pytest.raises(ValueError, match="ack"):
         bridge.mailboxes.acknowledgement("bob", "s1", "not-a-list")
+
+
+async def test_forget_erases_what_the_running_bridge_holds_as_a_replay_would(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(db=tmp_path / "lighthouse.db")
+    bridge = await open_bridge(settings)
+    try:
+        for name in ("alice", "bob", "carol"):
+            await bridge.agents.add(name, [], [], "test")
+        await bridge.router.send_message("alice", "bob", "alice's private note")
+        await bridge.router.send_message("carol", "bob", "carol's note")
+        asked = await bridge.router.ask("alice", "bob", "alice's question", SCHEMA, 60, wait=False)
+        rid = asked["request_id"]
+        await forget_agent(bridge, "alice", "erasure request", "test", force=True)
+        live = {i.item_id: i.payload for i in bridge.mailboxes.pending("bob", 10)}
+        by_sender = {(p["from"], p["kind"]): p for p in live.values()}
+        assert by_sender[("alice", "message")]["content"] == ERASED
+        assert by_sender[("alice", "request")]["message"] == ERASED
+        assert by_sender[("alice", "request")]["schema"] == ERASED
+        assert by_sender[("carol", "message")]["content"] == "carol's note"  # others: as sent
+        assert bridge.requests.open[rid].message == ERASED  # still open, question gone
+        with pytest.raises(AnswerRefused) as refused:
+            await bridge.router.answer(rid, "bob", "accept", {"answer": "x"}, "legacy")
+        assert refused.value.reason == "question_erased"
+    finally:
+        await bridge.close()
+    again = await open_bridge(settings)  # a replay with alice's keys gone
+    try:
+        assert {i.item_id: i.payload for i in again.mailboxes.pending("bob", 10)} == live
+        declined = await again.router.answer(rid, "bob", "decline", None, "legacy")
+        assert declined["status"] == "declined"
+    finally:
+        await again.close()

@@ -1,6 +1,7 @@
 """The router on a real store (no network): re-attachable asks, get_request, quotas, size
 and fan-out caps, the bounded index of closed requests, and timeouts on a store that
-cannot be written. Across bridges: two routers on one PostgreSQL store, each following the
+cannot be written; a forgotten asker's offered question moves to the mailbox erased.
+Across bridges: two routers on one PostgreSQL store, each following the
 other's appends — two answers to one request taken on different bridges at once yield
 exactly one terminal fact, and the asking bridge's ask completes from the other's fact."""
 
@@ -15,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from bridge.admin import forget_agent
 from bridge.app import Bridge, open_bridge
 from bridge.config import Settings
 from bridge.domain import (
@@ -31,10 +33,11 @@ from bridge.flags import Flags
 from bridge.log import Log
 from bridge.metrics import Metrics
 from bridge.routing import AnswerRefused, AskError, Limits, Requests, Router, refusal_text
+from bridge.sealing import ERASED
 from bridge.sessions import Presence
 from events import NewEvent, OperationalError, Record, StoreConfig
 from security import KeyRegistry
-from tests.harness import SCHEMA
+from tests.harness import SCHEMA, wait_until
 from tests.pgtools import drop_created, fresh_database
 
 
@@ -412,3 +415,21 @@ def test_a_push_whose_asker_and_pusher_died_moves_to_the_mailbox_once(tmp_path: 
         asyncio.run(run())
     finally:
         drop_created()
+
+
+async def test_an_offered_question_of_a_forgotten_asker_moves_to_the_mailbox_erased(
+    bridge: Bridge,
+) -> None:
+    bridge.presence.seen_modern("bob", True)  # a 2026-07-28 client that takes forms
+    asked = await _ask(bridge, message="the secret question", wait=False)
+    rid = asked["request_id"]
+    assert asked["path"] == "elicitation"
+    assert [r.request_id for r in bridge.router.offers_for("bob", 10)] == [rid]
+    await forget_agent(bridge, "alice", "erasure request", "test", force=True)
+    assert bridge.router.offers_for("bob", 10) == []  # no question left to put as a form
+    await wait_until(lambda: bridge.requests.open[rid].path == "legacy", timeout=5)
+    [fell] = await _events(bridge, REQUEST_FELL_BACK)
+    assert fell.data["cause"] == "contents_erased"
+    [item] = bridge.mailboxes.pending("bob", 10)
+    assert item.payload["message"] == ERASED and item.payload["schema"] == ERASED
+    assert rid in bridge.requests.open  # still open: bob may decline it, or it times out

@@ -14,11 +14,14 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
-from tests.harness import SCHEMA, BridgeProcess, lighthouse, read_events
+from bridge.sealing import ERASED
+from tests.harness import SCHEMA, BridgeProcess, answer_next_request, lighthouse, read_events
 
 QUESTION = "which vault holds the zebra-orchid prototype"
 ANSWER = "vault-seven-under-the-lighthouse"
+NOTE = "the orchid crates leave at dawn from pier nine"
 
 
 def _strings(path: Path) -> str:
@@ -92,6 +95,59 @@ async def test_forget_erases_and_verify_still_passes(bridge: BridgeProcess) -> N
     assert report["sealed"] >= 2
     bridge.start()  # replayed with the key gone: alice's question reads [erased], no failure
     assert "does not open" not in bridge.log_path.read_text()
+
+
+async def queue_and_answer(bob: Any, alice: Any) -> tuple[str, str]:
+    """bob asks alice, who answers (a closed request holding alice's answer); then alice
+    sends bob a note and asks him something he has not read yet (both in his mailbox).
+    Returns (bob's request id, alice's open request id)."""
+    asked = await bob.call_tool(
+        "ask", {"to": "alice", "message": "where?", "schema": SCHEMA, "wait": False}
+    )
+    answered = asked.structured_content["request_id"]
+    await answer_next_request(alice, ANSWER)
+    got = await bob.call_tool("get_request", {"request_id": answered, "wait_s": 5})
+    assert got.structured_content["content"] == {"answer": ANSWER}
+    await alice.call_tool("send_message", {"to": "bob", "content": NOTE})
+    pending = await alice.call_tool(
+        "ask", {"to": "bob", "message": QUESTION, "schema": SCHEMA, "wait": False}
+    )
+    return answered, pending.structured_content["request_id"]
+
+
+def erased_view(items: list[dict[str, Any]], answer: dict[str, Any]) -> bool:
+    """What bob is handed after alice's forget: her note, her question and her answer all
+    read [erased], and none of their text is anywhere in it."""
+    text = json.dumps([items, answer])
+    if NOTE in text or QUESTION in text or ANSWER in text:
+        return False
+    from_alice = {m["kind"]: m for m in items if m["from"] == "alice"}
+    return (
+        from_alice.get("message", {}).get("content") == ERASED
+        and from_alice.get("request", {}).get("message") == ERASED
+        and from_alice["request"]["schema"] == ERASED
+        and answer["content"] == ERASED
+    )
+
+
+async def test_forget_erases_what_a_running_bridge_hands_out(bridge: BridgeProcess) -> None:
+    async with bridge.client("bob") as bob, bridge.client("alice") as alice:
+        answered, pending = await queue_and_answer(bob, alice)
+    forget = ("agents", "forget", "alice", "--reason", "erasure request #9")
+    refused = lighthouse(*forget, cwd=bridge.workdir, env=bridge.env, check=False)
+    assert refused.returncode == 1 and "--force" in refused.stderr  # alice's ask is open
+    lighthouse(*forget, "--force", cwd=bridge.workdir, env=bridge.env)
+    async with bridge.client("bob") as bob:  # the same bridge process, never restarted
+        got = await bob.call_tool("wait_for_messages", {"timeout_s": 5})
+        answer = await bob.call_tool("get_request", {"request_id": answered})
+        items = got.structured_content["messages"]
+        assert erased_view(items, answer.structured_content), (items, answer)
+        accept = await bob.call_tool(
+            "respond", {"request_id": pending, "action": "accept", "content": {"answer": "?"}}
+        )
+        assert accept.is_error and "question_erased" in accept.content[0].text
+        declined = await bob.call_tool("respond", {"request_id": pending, "action": "decline"})
+        assert declined.structured_content["status"] == "declined"
 
 
 async def test_forget_refuses_while_the_agent_has_open_requests(bridge: BridgeProcess) -> None:

@@ -1,21 +1,26 @@
 """Two `lighthouse serve --database-url` processes on one PostgreSQL store.
 
-They share the store, the key dir and the local agent-secret vault (one working
-directory); nonces go to PostgreSQL or, with `--redis-url`, to Redis together with the
-per-agent rate limit. What one bridge changes, the other applies within a second.
+They share the store and its secret vault, and the key dir (one working directory;
+`tests/e2e/test_shared_vault.py` runs bridges with separate ones); nonces go to
+PostgreSQL or, with `--redis-url`, to Redis together with the
+per-agent rate limit. What one bridge changes, the other applies within a second — an
+agent forgotten on one is erased from what the other hands out.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.attacks.conftest import RawClient, initialize_body
-from tests.harness import BridgeProcess, lighthouse
+from tests.harness import BridgeProcess, lighthouse, wait_until
 from tests.pgtools import drop_created, fresh_database
 
 REDIS_URL = os.environ.get("LIGHTHOUSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -118,3 +123,46 @@ def test_verify_against_the_shared_store(pair: list[BridgeProcess]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "chain intact" in result.stdout
     assert b.health()["store"]["position"] == a.health()["store"]["position"]
+
+
+async def test_forget_on_one_bridge_erases_what_the_other_hands_out(tmp_path: Path) -> None:
+    """alice's note, question and answer sit decrypted in bridge 2's projections; she is
+    forgotten through bridge 1; bridge 2's tools hand out [erased] within a second."""
+    from tests.e2e.test_contents import NOTE, erased_view, queue_and_answer
+
+    extra = ("--database-url", fresh_database("forget"))
+    first = BridgeProcess(tmp_path, extra_args=extra).start()
+    second = BridgeProcess(tmp_path, extra_args=extra)
+    try:
+        second.start()
+        for name in ("alice", "bob"):
+            first.add_agent(name)
+        second.agents.update(first.agents)
+        await asyncio.sleep(0.5)  # bridge 2 follows the registrations
+        async with second.client("bob") as bob:
+            async with first.client("alice") as alice:
+                answered, _ = await queue_and_answer(bob, alice)
+
+            async def held_on_second() -> list[dict]:
+                got = await bob.call_tool("wait_for_messages", {"timeout_s": 0, "ack": []})
+                return got.structured_content["messages"]
+
+            async def holds_note() -> bool:  # decrypted in bridge 2's memory
+                return NOTE in json.dumps(await held_on_second())
+
+            await wait_until(holds_note, timeout=5)  # what the forget must reach
+            forget = ("agents", "forget", "alice", "--reason", "gdpr art. 17", "--force")
+            lighthouse(*forget, cwd=tmp_path, env=first.env)
+            started = time.monotonic()
+
+            async def erased_on_second() -> bool:
+                answer = await bob.call_tool("get_request", {"request_id": answered})
+                return erased_view(await held_on_second(), answer.structured_content)
+
+            await wait_until(erased_on_second, timeout=5, interval=0.01)
+            took = time.monotonic() - started
+            assert took < 1.0, f"bridge 2 handed out alice's contents {took:.2f} s after"
+    finally:
+        for bridge in (first, second):
+            if bridge.proc is not None:
+                bridge.stop()

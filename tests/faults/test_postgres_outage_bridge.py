@@ -3,12 +3,14 @@
 A real `lighthouse serve --database-url` reaches PostgreSQL through a TCP proxy the test
 cuts and restores (the shared server is never touched). While it is cut, signed MCP
 requests get JSON 503 with the reason and `Retry-After` (no 500, no half-written state),
-`/health` says `degraded`; once it is restored the bridge serves again by itself.
+`/health` says `degraded` — also for an agent whose secret the bridge must first read from
+the shared vault; once it is restored the bridge serves again by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.attacks.conftest import Agent, RawClient, jsonrpc_payload, tool_call_body
-from tests.harness import BridgeProcess
+from tests.attacks.conftest import (
+    Agent,
+    RawClient,
+    initialize_body,
+    jsonrpc_payload,
+    tool_call_body,
+)
+from tests.harness import BridgeProcess, lighthouse
 from tests.pgtools import drop_created, fresh_database
 
 from .tcp_proxy import TcpProxy
@@ -73,6 +81,17 @@ def test_unreachable_postgres_is_503_with_a_reason_and_recovers(tmp_path: Path) 
         status, created = bridge.admin("POST", "/admin/agents", {"name": "alice"})
         assert status == 201
         bridge.agents["alice"] = Agent(created["agent"], created["key_id"], created["secret"])
+        # bob is added by another process (the CLI on the database directly): this bridge
+        # learns of him from the log and has never read his secret from the shared vault.
+        added = lighthouse("agents", "add", "bob", "--database-url", url, cwd=tmp_path)
+        bob = json.loads(added.stdout)
+        bridge.agents["bob"] = Agent(bob["agent"], bob["key_id"], bob["secret"])
+        _until(
+            lambda: any(
+                a["agent"] == "bob" for a in bridge.admin("GET", "/admin/agents")[1]["agents"]
+            ),
+            5,
+        )
         session = raw.open_session("alice")
         listing = tool_call_body("list_agents", {})
         assert raw.post("alice", listing, session=session).status_code == 200
@@ -83,6 +102,10 @@ def test_unreachable_postgres_is_503_with_a_reason_and_recovers(tmp_path: Path) 
         assert refused.json()["reason"] == "store_unavailable"
         assert int(refused.headers["retry-after"]) >= 1
         assert "Traceback" not in refused.text
+        # bob's secret must come from the vault, which is out of reach: 503, not a 500.
+        unread = raw.post("bob", initialize_body())
+        assert unread.status_code == 503, unread.text
+        assert unread.json()["reason"] == "store_unavailable"
         health = bridge.health()
         assert health["status"] == "degraded" and health["reason"] == "store_unavailable"
 
@@ -93,6 +116,7 @@ def test_unreachable_postgres_is_503_with_a_reason_and_recovers(tmp_path: Path) 
             return response.status_code == 200 and "result" in jsonrpc_payload(response)
 
         _until(serving, timeout=30)
+        _until(lambda: raw.post("bob", initialize_body()).status_code == 200, timeout=30)
         _until(lambda: bridge.health()["status"] == "ok", timeout=30)
     finally:
         raw.close()

@@ -2,6 +2,7 @@ import base64
 import os
 import sqlite3
 import stat
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -10,8 +11,8 @@ from security.keys import (
     KeyRegistry,
     KeyState,
     MasterKeyError,
+    SecretVault,
     SQLiteSecretVault,
-    VaultError,
     decode_secret,
     generate_secret,
     key_lookup,
@@ -21,6 +22,7 @@ from security.keys import (
 from security.nonces import InMemoryNonceStore
 from security.signatures import Reason, SignatureVerifier, Verified
 from tests.security.conftest import NOW, FakeClock, signed_view
+from tests.security.vault_suite import SecretVaultConformance, write_key
 
 
 def test_generate_secret_format():
@@ -83,40 +85,6 @@ def test_vault_round_trip_and_encrypted_at_rest(tmp_path):
     reopened.close()
 
 
-def test_vault_refuses_overwrite(tmp_path):
-    vault = SQLiteSecretVault(tmp_path / "db", os.urandom(32))
-    vault.put("k_1", b"a" * 32)
-    with pytest.raises(VaultError):
-        vault.put("k_1", b"b" * 32)
-    assert vault.get("k_1") == b"a" * 32
-
-
-def test_swapped_rows_fail_to_decrypt(tmp_path):
-    db = tmp_path / "db"
-    key = os.urandom(32)
-    vault = SQLiteSecretVault(db, key)
-    vault.put("k_alice", b"A" * 32)
-    vault.put("k_mallory", b"M" * 32)
-    vault.close()
-    # An attacker with write access to the database copies mallory's row onto alice's id.
-    con = sqlite3.connect(db)
-    nonce, ct = con.execute(
-        "SELECT nonce, ciphertext FROM key_vault WHERE key_id='k_mallory'"
-    ).fetchone()
-    con.execute("UPDATE key_vault SET nonce=?, ciphertext=? WHERE key_id='k_alice'", (nonce, ct))
-    con.commit()
-    con.close()
-    with pytest.raises(VaultError, match="does not decrypt"):
-        SQLiteSecretVault(db, key).get("k_alice")
-
-
-def test_wrong_master_key_detected(tmp_path):
-    db = tmp_path / "db"
-    SQLiteSecretVault(db, os.urandom(32)).put("k_1", b"s" * 32)
-    with pytest.raises(VaultError):
-        SQLiteSecretVault(db, os.urandom(32)).get("k_1")
-
-
 def test_missing_master_key_with_existing_rows_is_refused(tmp_path):
     db, key_file = tmp_path / "db", tmp_path / "master.key"
     vault = SQLiteSecretVault.open(db, key_file, fresh_install=True)
@@ -133,11 +101,24 @@ def test_missing_master_key_not_fresh_install_is_refused(tmp_path):
         SQLiteSecretVault.open(tmp_path / "db", tmp_path / "master.key")
 
 
-def test_delete_forgets_secret(tmp_path):
-    vault = SQLiteSecretVault(tmp_path / "db", os.urandom(32))
-    vault.put("k_1", b"s" * 32)
-    vault.delete("k_1")
-    assert vault.get("k_1") is None
+class TestSQLiteVault(SecretVaultConformance):
+    def place(self, tmp_path: Path) -> Path:
+        return tmp_path / "lighthouse.db"
+
+    def open_vault(self, where: Path, master: bytes) -> SecretVault:
+        key_file = write_key(where.parent / f"keys-{master.hex()[:8]}", master)
+        return SQLiteSecretVault.open(where, key_file, fresh_install=True)
+
+    def copy_row(self, where: Path, source: str, target: str) -> None:
+        con = sqlite3.connect(where)
+        nonce, ct = con.execute(
+            "SELECT nonce, ciphertext FROM key_vault WHERE key_id = ?", (source,)
+        ).fetchone()
+        con.execute(
+            "UPDATE key_vault SET nonce = ?, ciphertext = ? WHERE key_id = ?", (nonce, ct, target)
+        )
+        con.commit()
+        con.close()
 
 
 # ---------------------------------------------------------------- registry projection

@@ -1,0 +1,365 @@
+"""Two bridges on one PostgreSQL store with **separate data dirs**: the vault is shared.
+
+Real processes: `lighthouse serve --database-url …` in two working directories that share
+nothing but the database and the key files every bridge must carry (copied once, as an
+operator would). An agent added on bridge A signs in on bridge B; a rotation and a
+revocation on A take effect on B within a second; `agents forget` on A erases the agent's
+contents on B too; a bridge with another master key is refused before it writes anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.attacks.conftest import RawClient, initialize_body
+from tests.harness import (
+    SCHEMA,
+    Agent,
+    BridgeProcess,
+    answer_next_request,
+    free_port,
+    lighthouse,
+)
+from tests.pgtools import drop_created, fresh_database
+
+SHARED_KEY_FILES = ("master.key", "chain.key", "checkpoint.key", "checkpoint.pub")
+"""What every bridge of one store must carry (README "Running several bridges");
+`admin.token` may differ per bridge, and the requestState key is in the shared vault."""
+QUESTION = "where did the heron land"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_databases() -> Iterator[None]:
+    yield
+    drop_created()
+
+
+def copy_key_dir(source: BridgeProcess, target: Path, *, replace: bool = False) -> None:
+    """The key files every bridge must carry, from *source*'s key dir (as an operator
+    copies them; `replace` overwrites an older copy, after `keys rotate-master`)."""
+    keys = target / "lighthouse.db.keys"
+    keys.mkdir(mode=0o700, exist_ok=replace)
+    for name in SHARED_KEY_FILES:
+        shutil.copy2(source.workdir / "lighthouse.db.keys" / name, keys / name)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BridgeProcess, ...]]:
+    url = fresh_database("vault")
+    extra = ("--database-url", url, "--key-grace", "0")
+    a = BridgeProcess(tmp_path_factory.mktemp("bridge-a"), extra_args=extra).start()
+    b = BridgeProcess(tmp_path_factory.mktemp("bridge-b"), extra_args=extra)
+    try:
+        copy_key_dir(a, b.workdir)
+        b.start()
+        yield a, b
+    finally:
+        for bridge in (a, b):
+            if bridge.proc is not None:
+                bridge.stop()
+
+
+def _url(bridge: BridgeProcess) -> str:
+    return bridge.extra_args[bridge.extra_args.index("--database-url") + 1]
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Seconds until `predicate()` held (AssertionError after `timeout`)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.01)
+    raise AssertionError(f"not seen within {timeout} s")
+
+
+def add_on(a: BridgeProcess, b: BridgeProcess, name: str) -> Agent:
+    """Register *name* through A's admin API; both test handles know its secret."""
+    status, created = a.admin("POST", "/admin/agents", {"name": name})
+    assert status == 201, created
+    agent = Agent(created["agent"], created["key_id"], created["secret"])
+    a.agents[name] = b.agents[name] = agent
+    _until(lambda: any(x["agent"] == name for x in b.admin("GET", "/admin/agents")[1]["agents"]))
+    return agent
+
+
+def _question_of(bridge: BridgeProcess, asker: str) -> str:
+    status, page = bridge.admin("GET", "/admin/events?type=RequestCreated&contents=open")
+    assert status == 200, page
+    [data] = [e["data"] for e in page["events"] if e["data"]["from"] == asker]
+    return data["message"]
+
+
+async def _ask(asking: BridgeProcess, answering: BridgeProcess, asker: str, to: str) -> dict:
+    async with answering.client(to) as recipient, asking.client(asker) as caller:
+        call = asyncio.create_task(
+            caller.call_tool("ask", {"to": to, "message": QUESTION, "schema": SCHEMA})
+        )
+        await answer_next_request(recipient, "on the lighthouse roof")
+        result = await call
+    assert result.is_error is False, result
+    return result.structured_content
+
+
+async def test_an_agent_added_on_one_bridge_asks_through_the_other(pair) -> None:
+    a, b = pair
+    assert b.workdir != a.workdir and not (b.workdir / "lighthouse.db").exists()
+    add_on(a, b, "alice")
+    add_on(a, b, "bob")
+    # alice signs on B (her secret only ever written by A), bob answers on A.
+    answer = await _ask(b, a, "alice", "bob")
+    assert answer["content"] == {"answer": "on the lighthouse roof"}
+    # alice's data key was made by B when it sealed her question; A opens it from the vault.
+    assert _question_of(a, "alice") == QUESTION
+
+
+async def test_a_2026_question_offered_by_one_bridge_is_answered_through_the_other(pair) -> None:
+    """The requestState A sealed opens on B: its key is in the shared vault, not a file."""
+    from benchmarks.light_load import MODERN_VERSION, McpClient, Target
+
+    a, b = pair
+    assert not (b.workdir / "lighthouse.db.keys" / "request_state.key").exists()
+    add_on(a, b, "gina")
+    ivan = add_on(a, b, "ivan")
+    creds = {"name": ivan.name, "key_id": ivan.key_id, "secret": ivan.secret}
+    on_a, on_b = (
+        McpClient(Target.of(x.mcp_url, signed=True, bare=False), creds, MODERN_VERSION)
+        for x in (a, b)
+    )
+    await on_a.initialize({"elicitation": {"form": {}}})
+    await on_b.initialize({"elicitation": {"form": {}}})
+    args = {"timeout_s": 10, "max": 1}
+    try:
+        async with a.client("gina") as gina:  # asked where ivan waits: A offers, B takes
+            waiting = asyncio.create_task(on_a.call_tool("wait_for_messages", args))
+            await asyncio.sleep(0.3)  # ivan's wait is held on A
+            call = asyncio.create_task(
+                gina.call_tool("ask", {"to": "ivan", "message": QUESTION, "schema": SCHEMA})
+            )
+            offer = await waiting
+            assert offer["resultType"] == "input_required", offer
+            [(rid, _)] = offer["inputRequests"].items()
+            answered = await on_b.call_tool(
+                "wait_for_messages",
+                args,
+                inputResponses={rid: {"action": "accept", "content": {"answer": "B took it"}}},
+                requestState=offer["requestState"],
+            )
+            assert answered["structuredContent"]["answered"], answered
+            result = await call
+    finally:
+        on_a.close()
+        on_b.close()
+    assert result.is_error is False and result.structured_content["content"] == {
+        "answer": "B took it"
+    }
+
+
+def test_rotation_and_revocation_on_one_bridge_hold_on_the_other_within_a_second(pair) -> None:
+    a, b = pair
+    old = add_on(a, b, "carol")
+    raw = RawClient(b)
+
+    def status_on_b(agent: Agent) -> int:
+        request = raw.build("carol", initialize_body(), key_id=agent.key_id, secret=_secret(agent))
+        return raw.send(request).status_code
+
+    try:
+        assert status_on_b(old) == 200
+        status, rotated = a.admin("POST", "/admin/agents/carol/rotate", {})
+        assert status == 200, rotated
+        new = Agent("carol", rotated["key_id"], rotated["secret"])
+        took = _until(lambda: status_on_b(new) == 200)
+        assert took < 1.0, f"the new key signed in on B after {took:.2f} s"
+        assert status_on_b(old) == 401  # grace 0: the rotated-out key is dead on B too
+        status, _ = a.admin("POST", "/admin/agents/carol/revoke", {})
+        assert status == 200
+        took = _until(lambda: status_on_b(new) == 401)
+        assert took < 1.0, f"the revocation reached B after {took:.2f} s"
+    finally:
+        raw.close()
+
+
+def _secret(agent: Agent) -> bytes:
+    from security import decode_secret
+
+    return decode_secret(agent.secret)
+
+
+async def test_forget_on_one_bridge_erases_on_the_other(pair) -> None:
+    a, b = pair
+    add_on(a, b, "dave")
+    add_on(a, b, "erin")
+    await _ask(a, a, "dave", "erin")  # dave's data key made and used on A
+    assert _question_of(b, "dave") == QUESTION  # B opened it: the key is in B's cache now
+    status, done = a.admin("POST", "/admin/agents/dave/forget", {"reason": "erasure #12"})
+    assert status == 200, done
+    took = _until(lambda: _question_of(b, "dave") == "[erased]")
+    assert took < 1.0, f"B read dave's contents {took:.2f} s after the forget"
+    assert _question_of(a, "dave") == "[erased]"
+    with psycopg.connect(_url(a)) as conn:
+        left = conn.execute("SELECT count(*) FROM key_vault WHERE key_id LIKE 'dk:dave:%'")
+        assert left.fetchone() == (0,)
+    b.stop()
+    b.start()  # replayed with the key gone everywhere: erased, not a failure
+    assert _question_of(b, "dave") == "[erased]"
+    assert "does not open" not in b.log_path.read_text()
+
+
+def test_a_bridge_with_another_master_key_is_refused(pair, tmp_path: Path) -> None:
+    a, _ = pair
+    copy_key_dir(a, tmp_path)
+    key_file = tmp_path / "lighthouse.db.keys" / "master.key"
+    key_file.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    url = _url(a)
+    with psycopg.connect(url) as conn:
+        before = conn.execute("SELECT max(position) FROM events").fetchone()
+    out = lighthouse(
+        "serve", "--port", "1", "--database-url", url, cwd=tmp_path, check=False, timeout=60
+    )
+    assert out.returncode == 1, out.stderr
+    assert "master key does not open the vault" in out.stderr
+    assert "copy master.key" in out.stderr and "Traceback" not in out.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT max(position) FROM events").fetchone() == before
+    key_file.unlink()
+    out = lighthouse(
+        "serve", "--port", "1", "--database-url", url, cwd=tmp_path, check=False, timeout=60
+    )
+    assert out.returncode == 1 and "is missing" in out.stderr and "Traceback" not in out.stderr
+    assert not key_file.exists()  # never a new key beside the shared vault
+
+
+def test_another_master_key_is_refused_by_a_vault_without_secrets(tmp_path: Path) -> None:
+    url = fresh_database("vault")
+    first = BridgeProcess(tmp_path / "a", extra_args=("--database-url", url))
+    first.workdir.mkdir()
+    first.start()
+    first.stop()  # the vault is initialized (key check row) but holds no agent's secret
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT key_id FROM key_vault").fetchall()
+        assert rows == [("rs:request_state",)]  # only the requestState key, made by `serve`
+        assert conn.execute("SELECT count(*) FROM key_vault_check").fetchone() == (1,)
+        before = conn.execute("SELECT max(position) FROM events").fetchone()
+    second = tmp_path / "b"
+    second.mkdir()
+    copy_key_dir(first, second)
+    (second / "lighthouse.db.keys" / "master.key").write_bytes(
+        base64.b64encode(os.urandom(32)) + b"\n"
+    )
+    out = lighthouse(
+        "serve", "--port", "1", "--database-url", url, cwd=second, check=False, timeout=60
+    )
+    assert out.returncode == 1 and "key check fails" in out.stderr, out.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT max(position) FROM events").fetchone() == before
+
+
+def test_the_command_line_works_on_the_shared_vault(tmp_path: Path) -> None:
+    """Offline commands with `--database-url` (no bridge at LIGHTHOUSE_URL): agents,
+    contents check, forget and rotate-master act on the PostgreSQL vault."""
+    url = fresh_database("vault")
+    here = tmp_path / "operator"
+    here.mkdir()
+    env = {"LIGHTHOUSE_URL": f"http://127.0.0.1:{free_port()}"}  # nobody answers there
+
+    def cli(*args: str, check: bool = True) -> Any:
+        return lighthouse(*args, "--database-url", url, cwd=here, env=env, check=check)
+
+    assert "applied migrations [1, 2, 3]" in cli("migrate").stdout
+    agents = {n: json.loads(cli("agents", "add", n).stdout) for n in ("alice", "bob")}
+    assert [a["agent"] for a in json.loads(cli("agents", "list", "--json").stdout)["agents"]] == [
+        "alice",
+        "bob",
+    ]
+    bridge = BridgeProcess(tmp_path / "bridge", extra_args=("--database-url", url))
+    bridge.workdir.mkdir()
+    copy_key_dir(BridgeProcess(here), bridge.workdir)
+    for name, created in agents.items():
+        bridge.agents[name] = Agent(name, created["key_id"], created["secret"])
+    bridge.start()
+    try:
+        asyncio.run(_ask(bridge, bridge, "alice", "bob"))
+        refused = cli("keys", "rotate-master", check=False)
+        assert refused.returncode == 1 and "bridges of this store are running" in refused.stderr
+    finally:
+        bridge.stop()
+    report = json.loads(cli("contents", "check", "--json").stdout)
+    assert report["sealed"] == 2 and report["failures"] == [] and report["erased"] == 0
+    forgot = json.loads(cli("agents", "forget", "alice", "--reason", "erasure #13").stdout)
+    assert forgot["erased_key_ids"][0].startswith("dk:alice:")
+    report = json.loads(cli("contents", "check", "--json").stdout)
+    assert report["erased"] == 1 and report["failures"] == []
+    rotated = cli("keys", "rotate-master")
+    # bob's secret and data key, alice's secret (her data key is gone), the requestState key
+    assert "re-wrapped 4 key(s)" in rotated.stdout and "copy" in rotated.stdout
+    out = lighthouse("serve", "--port", "1", "--database-url", url, cwd=bridge.workdir, check=False)
+    assert out.returncode == 1 and "master key does not open the vault" in out.stderr
+    copy_key_dir(BridgeProcess(here), bridge.workdir, replace=True)  # the new key, everywhere
+    bridge.start()
+    try:
+        assert _question_of(bridge, "alice") == "[erased]"
+    finally:
+        bridge.stop()
+    rotated_key = json.loads(cli("agents", "rotate-key", "bob").stdout)
+    assert rotated_key["previous_key_ids"] == [agents["bob"]["key_id"]]
+    assert json.loads(cli("agents", "revoke", "bob").stdout)["revoked"] is True
+
+
+async def test_a_local_vault_of_the_previous_release_is_moved_at_start(tmp_path: Path) -> None:
+    """A PostgreSQL deployment of the previous release kept its secrets in the local
+    SQLite vault (`--db`); the first start of this release moves them and records it."""
+    url = fresh_database("vault")
+    bridge = BridgeProcess(tmp_path, extra_args=("--database-url", url))
+    bridge.start()
+    for name in ("alice", "bob"):
+        status, created = bridge.admin("POST", "/admin/agents", {"name": name})
+        assert status == 201
+        bridge.agents[name] = Agent(name, created["key_id"], created["secret"])
+    bridge.stop()
+    # As the previous release left it: the rows in the local file, none in PostgreSQL.
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(  # that release kept the requestState key in a file
+            "SELECT key_id, nonce, ciphertext, created FROM key_vault"
+            " WHERE key_id <> 'rs:request_state'"
+        ).fetchall()
+        conn.execute("DELETE FROM key_vault")
+        conn.execute("DELETE FROM key_vault_check")
+    local = sqlite3.connect(bridge.db)
+    local.execute(
+        "CREATE TABLE key_vault (key_id TEXT PRIMARY KEY, nonce BLOB NOT NULL,"
+        " ciphertext BLOB NOT NULL, created REAL NOT NULL)"
+    )
+    local.executemany("INSERT INTO key_vault VALUES (?, ?, ?, ?)", rows)
+    local.commit()
+    bridge.start()
+    try:
+        answer = await _ask(bridge, bridge, "alice", "bob")  # both sign in: secrets moved
+        assert answer["content"] == {"answer": "on the lighthouse roof"}
+        status, page = bridge.admin("GET", "/admin/events?type=VaultImported")
+        [event] = page["events"]
+        assert event["data"]["source"] == str(bridge.db)
+        assert sorted(event["data"]["imported_key_ids"]) == sorted(r[0] for r in rows)
+        assert local.execute("SELECT count(*) FROM key_vault").fetchone() == (0,)
+        assert "moved 2 wrapped secret(s)" in bridge.log_path.read_text()
+    finally:
+        local.close()
+        bridge.stop()
+    bridge.start()  # once: nothing left to move, nothing recorded again
+    try:
+        _, page = bridge.admin("GET", "/admin/events?type=VaultImported")
+        assert len(page["events"]) == 1
+    finally:
+        bridge.stop()
