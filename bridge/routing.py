@@ -1092,7 +1092,7 @@ class Router:
         what. A form already on the recipient's screen cannot be recalled; accepting it
         is refused (`question_erased`: there is no schema left to check an answer)."""
         for req in requests:
-            pusher = req.node == self.node or (req.node is None and req.extra.get("asked_here"))
+            pusher = req.node == self.node or (req.node is None and req.asked_on == self.node)
             if req.path == "elicitation" and pusher:
                 self.spawn(self.fall_back(req, "contents_erased"))
 
