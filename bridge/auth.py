@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from events import NewEvent, StoreError
-from security import ConsoleSession, ConsoleSessions, Rejection, RequestView, bearer_token
+from security import (
+    ConsoleSession,
+    ConsoleSessions,
+    Rejection,
+    RequestView,
+    VaultError,
+    bearer_token,
+)
 
 from .domain import ADMIN_AUTH_FAILED, AUTH_REJECTED, RATE_LIMITED, SECURITY_STREAM
 from .unavailable import as_store_error, unavailable, unavailable_response
@@ -201,6 +208,11 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.StreamRespon
         headed = bridge.verifier.check_headers(head, has_body=_has_body(request))
     except StoreError as exc:  # a shared vault out of reach (key lookup): 503, not a 500
         return _backend_failed(bridge, "secret_vault", exc)
+    except VaultError as exc:  # the row is there but does not decrypt: damage, not the caller
+        log.error("secret vault: %s", exc)  # names the key id, never a secret
+        return web.json_response(
+            {"error": "internal", "reason": "secret_vault_damaged"}, status=500
+        )
     bridge.store.state.succeeded("secret_vault")
     if isinstance(headed, Rejection):
         return await _reject_signature(bridge, headed, base)
