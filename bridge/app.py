@@ -183,6 +183,8 @@ async def _health(request: web.Request) -> web.Response:
                 "behind_head": max(0, head.position - bridge.log.applied),
                 "peers": bridge.nodes.peers() if bridge.nodes is not None else [],
                 "remote_sessions": bridge.presence.remote_counts(),
+                # 2026-07-28 agents other bridges saw waiting within the window
+                "remote_modern": bridge.presence.remote_modern_counts(),
             },
         }
     )

@@ -226,6 +226,7 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
     )
     event_log.on_followed.append(router.on_followed)
     nodes.on_tick = router.check_peers
+    nodes.presence = presence
     bridge = Bridge(
         settings=settings,
         store=store,

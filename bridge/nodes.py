@@ -14,6 +14,11 @@ stops beating and is `gone` after `STALE_S`. While this bridge cannot reach the 
 its cached ages keep growing, so its peers turn stale too — the safe direction: a push
 that cannot be confirmed is moved to the mailbox, never lost.
 
+The same tick carries the 2026-07-28 agents each bridge saw waiting (`lh_modern_presence`,
+`Presence.modern_due`): one statement upserts those due and reads the rows peers wrote
+since the previous read — a sessionless agent is reachable for elicitation wherever it
+waits, and its waits leave no fact in the log.
+
 A single SQLite bridge has no peers: `SoloNodes` says only this node is alive.
 """
 
@@ -24,12 +29,32 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .sessions import MODERN_SEEN_S
+
+if TYPE_CHECKING:
+    from .sessions import Presence
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 STALE_S = 5.0  # five missed beats: long enough for a GC pause or a slow commit
+# A peer's presence row committed this long after its statement began is still read.
+READ_SLACK_S = 2.0
+
+_SHARE_MODERN = (
+    "WITH seen AS (INSERT INTO lh_modern_presence (agent, node, elicitation, seen_at)"
+    " SELECT agent, $1, elicitation, now() - make_interval(secs => age)"
+    " FROM unnest($2::text[], $3::boolean[], $4::float8[]) AS t(agent, elicitation, age)"
+    " ON CONFLICT (agent, node) DO UPDATE SET elicitation = excluded.elicitation,"
+    " seen_at = excluded.seen_at, updated_at = now())"
+    " SELECT agent, node, elicitation, extract(epoch FROM now() - seen_at) AS age,"
+    " now() AS at FROM lh_modern_presence"
+    " WHERE node <> $1 AND seen_at > now() - make_interval(secs => $5)"
+    " AND ($6::timestamptz IS NULL OR updated_at > $6 - make_interval(secs => $7))"
+)
 
 
 class SoloNodes:
@@ -38,6 +63,7 @@ class SoloNodes:
     def __init__(self, node: str) -> None:
         self.node = node
         self.on_tick: Callable[[], None] = lambda: None
+        self.presence: Presence | None = None  # whose 2026-07-28 agents are shared
 
     def alive(self, node: str | None) -> bool:
         return node is None or node == self.node
@@ -67,6 +93,7 @@ class PostgresNodes(SoloNodes):
         self._task: asyncio.Task[None] | None = None
         self._ages: dict[str, dict[str, Any]] = {}
         self._fetched_at = time.monotonic()
+        self._modern_read_at: datetime | None = None  # the database's now() at the last read
 
     async def start(self, applied: Callable[[], int], url: str) -> None:
         import asyncpg
@@ -80,6 +107,13 @@ class PostgresNodes(SoloNodes):
                 " started_at timestamptz NOT NULL DEFAULT now(),"
                 " last_seen timestamptz NOT NULL DEFAULT now(), applied bigint NOT NULL)"
             )
+            # what a previous run of this node shared died with it; stale rows help nobody
+            await conn.execute(
+                "DELETE FROM lh_modern_presence WHERE node = $1"
+                " OR seen_at < now() - make_interval(secs => $2)",
+                self.node,
+                MODERN_SEEN_S,
+            )
         await self._beat(applied(), url, started=True)
         self._task = asyncio.create_task(self._run(applied, url), name="lighthouse-heartbeat")
 
@@ -88,6 +122,7 @@ class PostgresNodes(SoloNodes):
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 await self._beat(applied(), url)
+                await self._share_modern()
             except Exception as exc:  # the database is away: ages keep growing meanwhile
                 log.warning("heartbeat failed: %s", exc)
             try:
@@ -115,6 +150,30 @@ class PostgresNodes(SoloNodes):
             for r in rows
         }
         self._fetched_at = time.monotonic()
+
+    async def _share_modern(self) -> None:
+        """Write the modern agents due and read the peers' rows written since the last
+        read (less `READ_SLACK_S`), in one statement."""
+        if self.presence is None:
+            return
+        due = self.presence.modern_due()
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                _SHARE_MODERN,
+                self.node,
+                [d.agent for d in due],
+                [d.elicitation for d in due],
+                [d.age for d in due],
+                MODERN_SEEN_S,
+                self._modern_read_at,
+                READ_SLACK_S,
+            )
+        self.presence.modern_shared(due)
+        if rows:
+            self._modern_read_at = rows[0]["at"]
+        self.presence.remote_modern_seen(
+            [(r["agent"], r["node"], r["elicitation"], float(r["age"])) for r in rows]
+        )
 
     def _age(self, row: dict[str, Any]) -> float:
         return float(row["age"]) + (time.monotonic() - self._fetched_at)
@@ -148,7 +207,11 @@ class PostgresNodes(SoloNodes):
         if self._pool is not None:
             with contextlib.suppress(Exception):  # a clean stop: peers see us gone at once
                 async with self._pool.acquire() as conn:
-                    await conn.execute("DELETE FROM lh_nodes WHERE node = $1", self.node)
+                    await conn.execute(
+                        "WITH modern AS (DELETE FROM lh_modern_presence WHERE node = $1)"
+                        " DELETE FROM lh_nodes WHERE node = $1",
+                        self.node,
+                    )
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 2.0)
 

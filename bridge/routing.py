@@ -621,8 +621,8 @@ class Router:
 
     def _choose_path(self, recipient: str) -> tuple[str, str]:
         if not (self.presence.online(recipient)):
-            if self.presence.remote_target(recipient)[1]:
-                return "legacy", "bridge_gone"  # its only sessions were on a dead bridge
+            if self.presence.bridge_gone(recipient):
+                return "legacy", "bridge_gone"  # it was reachable only through a dead bridge
             return "legacy", "offline"
         if self.draining:
             return "legacy", "draining"
@@ -910,7 +910,7 @@ class Router:
         already recorded with it."""
         if target is not None:
             req.delivery = self.spawn(self._push(req, target, recorded=True))
-        elif self.presence.modern_reachable(req.recipient):
+        elif req.node is None:  # a 2026-07-28 wait, held here or on another bridge
             self._offer(req)
         else:
             req.delivery = self.spawn(self._push_when_stream_opens(req))
@@ -1168,7 +1168,10 @@ class Router:
             return self.node  # its stream is about to open here (`_push_when_stream_opens`)
         if self.presence.modern_reachable(recipient):
             return None
-        return self.presence.remote_target(recipient)[0] or self.node
+        node = self.presence.remote_target(recipient)[0]
+        if node is None and self.presence.remote_modern_reachable(recipient):
+            return None  # its wait is held on another bridge, which `on_followed` wakes
+        return node or self.node
 
     def on_followed(self, fact: Fact) -> None:
         """A fact another bridge appended, just applied: push what was routed to us, and

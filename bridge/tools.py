@@ -358,8 +358,7 @@ class AgentTools:
         try:
             yield
         finally:
-            client.waiting -= 1
-            client.last_seen = time.time()
+            self.presence.left_wait(client)
 
     async def _take_input_responses(self, call: ToolCall) -> list[dict[str, Any]]:
         """A retried 2026-07-28 call answers the requests its sealed state offered."""

@@ -142,7 +142,7 @@ async def test_checkpoints_signed_once_per_size_by_racing_stores(tmp_path: Path)
 async def test_migrations_apply_once_under_concurrency_and_refuse_newer(tmp_path: Path) -> None:
     url = fresh_database("mig")
     results = await asyncio.gather(*(migrate(url) for _ in range(3)))
-    assert sorted(results) == [[], [], [1, 2, 3]]
+    assert sorted(results) == [[], [], [1, 2, 3, 4]]
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")

@@ -1,6 +1,7 @@
 """The router on a real store (no network): re-attachable asks, get_request, quotas, size
 and fan-out caps, the bounded index of closed requests, and timeouts on a store that
-cannot be written; a forgotten asker's offered question moves to the mailbox erased.
+cannot be written; a forgotten asker's offered question moves to the mailbox erased; a
+2026-07-28 recipient another bridge saw waiting is offered its question, not mailed it.
 Across bridges: two routers on one PostgreSQL store, each following the
 other's appends — two answers to one request taken on different bridges at once yield
 exactly one terminal fact, and the asking bridge's ask completes from the other's fact."""
@@ -21,6 +22,8 @@ from bridge.app import Bridge, open_bridge
 from bridge.config import Settings
 from bridge.domain import (
     ANSWER_REJECTED,
+    FLAG_CHANGED,
+    FLAGS_STREAM,
     MESSAGE_SENT,
     REQUEST_CREATED,
     REQUEST_FELL_BACK,
@@ -29,12 +32,20 @@ from bridge.domain import (
     TERMINAL_TYPES,
     request_stream,
 )
-from bridge.flags import Flags
+from bridge.flags import Flags, parse_change
 from bridge.log import Log
 from bridge.metrics import Metrics
-from bridge.routing import AnswerRefused, AskError, Limits, Requests, Router, refusal_text
+from bridge.routing import (
+    STREAM_WAIT_S,
+    AnswerRefused,
+    AskError,
+    Limits,
+    Requests,
+    Router,
+    refusal_text,
+)
 from bridge.sealing import ERASED
-from bridge.sessions import Presence
+from bridge.sessions import MODERN_SEEN_S, Presence
 from events import NewEvent, OperationalError, Record, StoreConfig
 from security import KeyRegistry
 from tests.harness import SCHEMA, wait_until
@@ -433,3 +444,48 @@ async def test_an_offered_question_of_a_forgotten_asker_moves_to_the_mailbox_era
     [item] = bridge.mailboxes.pending("bob", 10)
     assert item.payload["message"] == ERASED and item.payload["schema"] == ERASED
     assert rid in bridge.requests.open  # still open: bob may decline it, or it times out
+
+
+async def test_a_recipient_waiting_on_another_bridge_is_offered_its_question(
+    bridge: Bridge,
+) -> None:
+    """Messages in (a peer's row: bob waits on b2), decisions out (the path, the node, how
+    the request ends when bob never takes it)."""
+    now = [time.time()]
+    presence = bridge.presence
+    presence.clock = lambda: now[0]
+    presence.alive = lambda node: node in (None, bridge.router.node, "b2")
+    presence.remote_modern_seen([("bob", "b2", True, 0.0)])
+    asked = await _ask(bridge, wait=False, timeout_s=STREAM_WAIT_S + 1)
+    rid = asked["request_id"]
+    assert asked["path"] == "elicitation"
+    [routed] = await _events(bridge, REQUEST_ROUTED)
+    assert routed.data["reason"] == "eligible" and "node" not in routed.data  # any wait of his
+    await asyncio.sleep(STREAM_WAIT_S + 0.2)  # no session here whose stream it waits for
+    assert bridge.requests.open[rid].path == "elicitation"
+    assert [r.request_id for r in bridge.router.offers_for("bob", 10)] == [rid]
+    await wait_until(lambda: rid not in bridge.requests.open, timeout=5)  # never taken
+    [timed_out] = await _events(bridge, REQUEST_TIMED_OUT)
+    assert timed_out.data["request_id"] == rid
+    assert await _events(bridge, REQUEST_FELL_BACK) == []
+
+    await _override(bridge, {"bob": False})  # bob's flag off: the mailbox, whatever his waits
+    flagged = await _ask(bridge, wait=False)
+    assert flagged["path"] == "legacy"
+    [fell] = await _events(bridge, REQUEST_FELL_BACK)
+    assert fell.data["request_id"] == flagged["request_id"] and fell.data["cause"] == "flag_off"
+    await _override(bridge, {"bob": None})
+    now[0] += MODERN_SEEN_S  # his wait on b2 is older than the window now
+    offline = await _ask(bridge, wait=False)
+    assert offline["path"] == "legacy"
+    [routed] = [r for r in await _events(bridge, REQUEST_ROUTED) if r.data["path"] == "legacy"]
+    assert routed.data["request_id"] == offline["request_id"] and routed.data["reason"] == "offline"
+
+
+async def _override(b: Bridge, overrides: dict[str, bool | None]) -> None:
+    old = b.flags.state
+    new = parse_change({"overrides": overrides}, old)
+    data = {"old": old.to_dict(), "new": new.to_dict(), "reason": "test"}
+    await b.log.append_events(
+        FLAGS_STREAM, "admin", [(FLAG_CHANGED, data)], expected_version=b.flags.version
+    )

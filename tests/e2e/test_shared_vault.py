@@ -5,6 +5,11 @@ nothing but the database and the key files every bridge must carry (copied once,
 operator would). An agent added on bridge A signs in on bridge B; a rotation and a
 revocation on A take effect on B within a second; `agents forget` on A erases the agent's
 contents on B too; a bridge with another master key is refused before it writes anything.
+
+A 2026-07-28 agent waiting on A is reachable from B: the bridges share who they saw waiting
+(table `lh_modern_presence`, on the heartbeat tick), so a question asked on B is offered
+on A as `input_required` and the log says `elicitation`, not a false `offline`; one never
+taken ends once, by its deadline; the agent's flag off still sends it to the mailbox.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ SHARED_KEY_FILES = ("master.key", "chain.key", "checkpoint.key", "checkpoint.pub
 """What every bridge of one store must carry (README "Running several bridges");
 `admin.token` may differ per bridge, and the requestState key is in the shared vault."""
 QUESTION = "where did the heron land"
+FORMS = {"elicitation": {"form": {}}}  # what a 2026-07-28 client that takes forms declares
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -127,19 +133,13 @@ async def test_an_agent_added_on_one_bridge_asks_through_the_other(pair) -> None
 
 async def test_a_2026_question_offered_by_one_bridge_is_answered_through_the_other(pair) -> None:
     """The requestState A sealed opens on B: its key is in the shared vault, not a file."""
-    from benchmarks.light_load import MODERN_VERSION, McpClient, Target
-
     a, b = pair
     assert not (b.workdir / "lighthouse.db.keys" / "request_state.key").exists()
     add_on(a, b, "gina")
     ivan = add_on(a, b, "ivan")
-    creds = {"name": ivan.name, "key_id": ivan.key_id, "secret": ivan.secret}
-    on_a, on_b = (
-        McpClient(Target.of(x.mcp_url, signed=True, bare=False), creds, MODERN_VERSION)
-        for x in (a, b)
-    )
-    await on_a.initialize({"elicitation": {"form": {}}})
-    await on_b.initialize({"elicitation": {"form": {}}})
+    on_a, on_b = _modern(a, ivan), _modern(b, ivan)
+    await on_a.initialize(FORMS)
+    await on_b.initialize(FORMS)
     args = {"timeout_s": 10, "max": 1}
     try:
         async with a.client("gina") as gina:  # asked where ivan waits: A offers, B takes
@@ -165,6 +165,131 @@ async def test_a_2026_question_offered_by_one_bridge_is_answered_through_the_oth
     assert result.is_error is False and result.structured_content["content"] == {
         "answer": "B took it"
     }
+
+
+def _modern(bridge: BridgeProcess, agent: Agent) -> Any:
+    """A raw 2026-07-28 client of *agent* on *bridge* (`benchmarks.light_load`)."""
+    from benchmarks.light_load import MODERN_VERSION, McpClient, Target
+
+    creds = {"name": agent.name, "key_id": agent.key_id, "secret": agent.secret}
+    return McpClient(Target.of(bridge.mcp_url, signed=True, bare=False), creds, MODERN_VERSION)
+
+
+async def _recipient_on(
+    a: BridgeProcess, b: BridgeProcess, asker: str, name: str
+) -> tuple[Any, Callable[[], Awaitable[None]]]:
+    """*asker* and *name* added; a 2026-07-28 client of *name* on A that takes forms, and
+    what waits until B has learnt of its next wait on A (shared on the heartbeat ticks,
+    counted per node in B's `/health`)."""
+    add_on(a, b, asker)
+    client = _modern(a, add_on(a, b, name))
+    await client.initialize(FORMS)
+    node = a.health()["node"]["id"]
+
+    def seen() -> int:
+        return b.health()["node"]["remote_modern"].get(node, 0)
+
+    before = seen()
+
+    async def shared() -> None:
+        await asyncio.to_thread(_until, lambda: seen() > before)
+
+    return client, shared
+
+
+def _facts(bridge: BridgeProcess, kind: str, request_id: str) -> list[dict[str, Any]]:
+    status, page = bridge.admin("GET", f"/admin/events?type={kind}")
+    assert status == 200, page
+    return [e["data"] for e in page["events"] if e["data"].get("request_id") == request_id]
+
+
+async def test_a_question_asked_on_one_bridge_is_offered_where_the_recipient_waits(pair) -> None:
+    a, b = pair
+    xavi, shared = await _recipient_on(a, b, "yara", "xavi")
+    args = {"timeout_s": 20, "max": 1}
+    try:
+        async with b.client("yara") as yara:
+            waiting = asyncio.create_task(xavi.call_tool("wait_for_messages", args))
+            await shared()
+            call = asyncio.create_task(
+                yara.call_tool("ask", {"to": "xavi", "message": QUESTION, "schema": SCHEMA})
+            )
+            offer = await asyncio.wait_for(waiting, 15)
+            assert offer["resultType"] == "input_required", offer
+            [(rid, asked)] = offer["inputRequests"].items()
+            assert asked["params"]["message"] == QUESTION
+            answered = await xavi.call_tool(  # the same call retried, with the answer
+                "wait_for_messages",
+                args,
+                inputResponses={rid: {"action": "accept", "content": {"answer": "seaward"}}},
+                requestState=offer["requestState"],
+            )
+            assert answered["structuredContent"]["answered"] == [
+                {"request_id": rid, "status": "accepted"}
+            ]
+            result = await asyncio.wait_for(call, 10)
+    finally:
+        xavi.close()
+    assert result.is_error is False, result
+    assert result.structured_content["content"] == {"answer": "seaward"}
+    assert result.structured_content["path"] == "elicitation"
+    [routed] = _facts(b, "RequestRouted", rid)
+    assert routed["path"] == "elicitation" and routed["reason"] == "eligible"
+    assert "node" not in routed  # offered by whichever bridge's wait xavi holds
+    assert _facts(b, "RequestFellBack", rid) == []
+    [delivered] = _facts(a, "RequestDelivered", rid)
+    assert delivered["path"] == "elicitation"
+
+
+async def test_a_question_its_recipient_never_takes_ends_once_by_its_deadline(pair) -> None:
+    """Asked within the window after the recipient's last wait on the other bridge: the
+    elicitation path (as on one bridge), no `no_stream` fallback on the asking bridge for
+    want of a session there, and one terminal fact although both bridges armed a timer."""
+    a, b = pair
+    xena, shared = await _recipient_on(a, b, "yuri", "xena")
+    try:
+        done = await xena.call_tool("wait_for_messages", {"timeout_s": 1.5, "max": 1})
+        assert done["structuredContent"]["messages"] == []
+    finally:
+        xena.close()
+    await shared()
+    async with b.client("yuri") as yuri:
+        result = await yuri.call_tool(
+            "ask", {"to": "xena", "message": QUESTION, "schema": SCHEMA, "timeout_s": 3}
+        )
+    assert result.structured_content["status"] == "timeout", result
+    rid = result.structured_content["request_id"]
+    [routed] = _facts(b, "RequestRouted", rid)
+    assert routed["path"] == "elicitation"
+    assert _facts(b, "RequestFellBack", rid) == []
+    await asyncio.sleep(0.5)  # the other bridge's timer fired too: its append lost
+    assert len(_facts(a, "RequestTimedOut", rid)) == 1
+
+
+async def test_the_recipients_flag_off_sends_it_to_the_mailbox_it_waits_on(pair) -> None:
+    a, b = pair
+    assert b.admin("POST", "/feature_flags", {"overrides": {"xiao": False}})[0] == 200
+    xiao, shared = await _recipient_on(a, b, "yves", "xiao")
+    _until(lambda: a.health()["flags"] == b.health()["flags"])
+    try:
+        async with b.client("yves") as yves:
+            waiting = asyncio.create_task(
+                xiao.call_tool("wait_for_messages", {"timeout_s": 20, "max": 1})
+            )
+            await shared()
+            pending = await yves.call_tool(
+                "ask", {"to": "xiao", "message": QUESTION, "schema": SCHEMA, "wait": False}
+            )
+            handed = await asyncio.wait_for(waiting, 15)
+    finally:
+        xiao.close()
+        b.admin("POST", "/feature_flags", {"overrides": {"xiao": None}})
+    rid = pending.structured_content["request_id"]
+    assert handed["resultType"] == "complete", handed
+    [item] = handed["structuredContent"]["messages"]
+    assert item["request_id"] == rid
+    [fell] = _facts(b, "RequestFellBack", rid)
+    assert fell["path"] == "legacy" and fell["cause"] == "flag_off"
 
 
 def test_rotation_and_revocation_on_one_bridge_hold_on_the_other_within_a_second(pair) -> None:
@@ -278,7 +403,7 @@ def test_the_command_line_works_on_the_shared_vault(tmp_path: Path) -> None:
     def cli(*args: str, check: bool = True) -> Any:
         return lighthouse(*args, "--database-url", url, cwd=here, env=env, check=check)
 
-    assert "applied migrations [1, 2, 3]" in cli("migrate").stdout
+    assert "applied migrations [1, 2, 3, 4]" in cli("migrate").stdout
     agents = {n: json.loads(cli("agents", "add", n).stdout) for n in ("alice", "bob")}
     assert [a["agent"] for a in json.loads(cli("agents", "list", "--json").stdout)["agents"]] == [
         "alice",
