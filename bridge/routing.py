@@ -1077,11 +1077,32 @@ class Router:
         )
         try:
             moved = await self._append_if_unchanged(req, event, moving=True)
+        except StoreError as exc:
+            self._fall_back_later(req, cause, exc)
+            return False
         finally:
             req.falling_back = False
         if moved:
             self.metrics.fallbacks.labels(cause).inc()
         return moved
+
+    def _fall_back_later(self, req: OpenRequest, cause: str, exc: StoreError) -> None:
+        """The move could not be recorded (a full disk, the database out of reach). Its
+        push is already cancelled, so nothing would deliver the request before its
+        deadline: the move is tried again, backing off, until the store takes it or the
+        request closes — in the background, because callers (a DELETE, a drain) must not
+        hang on a store that is down."""
+        tries = req.extra["fall_back_tries"] = req.extra.get("fall_back_tries", 0) + 1
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (tries - 1))
+        log.warning(
+            "move of request %s to the mailbox not recorded (%s); retrying in %.2f s",
+            req.request_id,
+            exc,
+            delay,
+        )
+        self.metrics.tool_calls.labels("fallback_write", "retry").inc()
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, lambda: self.spawn(self.fall_back(req, cause)))
 
     def _questions_erased(self, requests: list[OpenRequest]) -> None:
         """Their caller was forgotten (here or on another bridge): the questions read

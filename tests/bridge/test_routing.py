@@ -230,6 +230,38 @@ async def test_timeout_reaches_the_caller_when_the_store_cannot_be_written(
     assert "full-1" not in bridge.requests.open
 
 
+async def test_a_move_to_the_mailbox_the_store_refused_is_retried_until_it_lands(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its push is cancelled when the move starts: a move that could not be written would
+    otherwise leave the request with no way to its recipient until the deadline."""
+    monkeypatch.setattr("bridge.routing.RETRY_FIRST_S", 0.05)
+    bridge.presence.seen_modern("bob", True)
+    asked = await _ask(bridge, wait=False, timeout_s=60)
+    req = bridge.requests.open[asked["request_id"]]
+    assert req.path == "elicitation"
+    real_append = bridge.store.append
+    failures = 0
+
+    async def append(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise OperationalError("database or disk is full")
+        return await real_append(*args, **kwargs)
+
+    monkeypatch.setattr(bridge.store, "append", append)
+    assert await bridge.router.fall_back(req, "kill_switch") is False  # not yet: retried
+    await wait_until(lambda: req.path == "legacy", timeout=5)
+    [fell] = await _events(bridge, REQUEST_FELL_BACK)
+    assert fell.data["cause"] == "kill_switch" and failures == 3
+    assert [i.payload["request_id"] for i in bridge.mailboxes.pending("bob", 10)] == [
+        req.request_id
+    ]
+    await asyncio.sleep(0.3)  # no retry left behind records it twice
+    assert len(await _events(bridge, REQUEST_FELL_BACK)) == 1
+
+
 def test_closed_index_is_bounded_and_late_answers_are_still_refused_from_the_log() -> None:
     requests = Requests(closed_index=5)
     from bridge.domain import Fact

@@ -51,7 +51,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def _fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with open(filler, "wb") as fh, contextlib.suppress(OSError):
+    with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):  # no flush at close
         while True:
             fh.write(b"\0" * (256 * 1024))
             fh.flush()
