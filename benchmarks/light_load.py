@@ -1459,6 +1459,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bridge pid {ours.pid} on {base} (durable store {bridge.db})", flush=True)
         unsealed: Server | None = None
         if args.unsealed_peer and not args.bridge_url:
+            # `python -m benchmarks._unsealed_bridge` runs in the bridge's work directory
+            path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+            os.environ["PYTHONPATH"] = os.pathsep.join(path)
             unsealed_bridge = BridgeProcess(
                 workdir / "unsealed", extra_args=serve_args, module="benchmarks._unsealed_bridge"
             )

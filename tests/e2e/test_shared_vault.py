@@ -189,7 +189,13 @@ async def _recipient_on(
     def seen() -> int:
         return b.health()["node"]["remote_modern"].get(node, 0)
 
-    before = seen()
+    # The count is per node, not per agent: an earlier test's agent may still be on its
+    # way to B (shared on a later tick). Start from a count that held for three ticks.
+    before, held_since = seen(), time.monotonic()
+    while time.monotonic() - held_since < 3.0:
+        await asyncio.sleep(0.2)
+        if (now := seen()) != before:
+            before, held_since = now, time.monotonic()
 
     async def shared() -> None:
         await asyncio.to_thread(_until, lambda: seen() > before)
