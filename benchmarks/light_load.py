@@ -1037,7 +1037,8 @@ def run_cell(
 
 
 def _profile_key(name: str, server: Server) -> str:
-    return f"bare:{name}" if server.bare else name
+    """`push@100` is the bridge; a peer's cell is prefixed by its label (`bare:`, `unsealed:`)."""
+    return name if server.label == "bridge" else f"{server.label}:{name}"
 
 
 def _profile_path(key: str, args: argparse.Namespace) -> Path:
@@ -1410,8 +1411,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         metavar="CELL",
-        help="py-spy record the server during these cells (e.g. push@100, bare:push@100); "
-        "raw folded stacks land beside --out, a summary in the cell's JSON",
+        help="py-spy record the server during these cells (e.g. push@100, bare:push@100, "
+        "unsealed:push@100); raw folded stacks land beside --out, a summary in the cell's JSON",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
