@@ -523,9 +523,9 @@ class GroupCommitStore(EventStore):
         await asyncio.to_thread(TreeCheckpointFile(path).append, cp)
         self._last_tree_size = head.size
 
+    @abc.abstractmethod
     async def _store_tree_checkpoint(self, cp: TreeCheckpoint) -> None:
-        """Backends that keep a Merkle tree (they set `_frontier`) store its notes."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no Merkle tree")
+        """Store one signed tree note beside the tree (every backend keeps the tree)."""
 
     async def checkpoint(self) -> Checkpoint | None:
         """Force a checkpoint of the current head (no-op when nothing new was appended)."""

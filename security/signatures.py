@@ -621,17 +621,21 @@ class SignatureVerifier:
             return Rejection(Reason.UNSUPPORTED_ALGORITHM) if alg_only_missing else malformed
         p = dict(params)
         created, nonce, key_id, alg = p["created"], p["nonce"], p["keyid"], p["alg"]
-        if (
-            type(created) is not int
-            or type(nonce) is not str
-            or type(key_id) is not str
-            or not 0 < len(nonce) <= self._max_nonce
-            or not 0 < len(key_id) <= self._max_key_id
-        ):
+        if not self._well_typed(created, nonce, key_id):
             return malformed
         if alg != ALGORITHM:
             return Rejection(Reason.UNSUPPORTED_ALGORITHM, 401, None, key_id)
         return _Parsed(components, params, created, nonce, key_id, sig)
+
+    def _well_typed(self, created: object, nonce: object, key_id: object) -> bool:
+        """The parameter checks both parsers make: types, and lengths within bounds."""
+        return (
+            type(created) is int
+            and type(nonce) is str
+            and type(key_id) is str
+            and 0 < len(nonce) <= self._max_nonce
+            and 0 < len(key_id) <= self._max_key_id
+        )
 
     def _parse_canonical(self, sig_input: str, sig_value: str) -> _Parsed | None:
         """The fast path for fields in canonical form (`_FAST_INPUT`) that pass every
@@ -653,14 +657,7 @@ class SignatureVerifier:
         if len(p) != len(params) or sorted(p) != sorted(_REQUIRED_PARAMS):
             return None
         created, nonce, key_id, alg = p["created"], p["nonce"], p["keyid"], p["alg"]
-        if (
-            type(created) is not int
-            or type(nonce) is not str
-            or type(key_id) is not str
-            or not 0 < len(nonce) <= self._max_nonce
-            or not 0 < len(key_id) <= self._max_key_id
-            or alg != ALGORITHM
-        ):
+        if not self._well_typed(created, nonce, key_id) or alg != ALGORITHM:
             return None
         try:
             signature = base64.b64decode(sm.group(1), validate=True)
