@@ -315,18 +315,30 @@ class HttpSource:
     """stored (ciphertext as in the log), open (recorded as a ContentsRead) or redact."""
 
     def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
+        return self._call("GET", path, params)
+
+    def _call(self, method: str, path: str, params: list[tuple[str, str]] | None = None) -> Any:
         from .cli_common import _http
 
         query = "?" + urllib.parse.urlencode(params) if params else ""
-        status, payload = _http("GET", path + query, None, self.db, timeout=120)
+        status, payload = _http(method, path + query, None, self.db, timeout=120)
         if status >= 400:
             detail = (
                 payload.get("message") or payload.get("reason")
                 if isinstance(payload, dict)
                 else payload
             )
-            raise AuditError(f"GET {path} failed with HTTP {status}: {detail}")
+            raise AuditError(f"{method} {path} failed with HTTP {status}: {detail}")
         return payload
+
+    async def sign_head(self) -> None:
+        """Have the bridge sign its head now, so an export proves records made seconds ago
+        instead of stopping at the periodic checkpoint (an empty log has none to sign)."""
+        try:
+            await asyncio.to_thread(self._call, "POST", "/admin/tlog/checkpoint")
+        except AuditError:
+            if await self.head():
+                raise
 
     async def page(self, query: AuditQuery) -> Page:
         return await self._page([*query.to_params(), ("contents", self.contents)])

@@ -135,8 +135,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         source = await open_source(args)
-        if args.redact and isinstance(source, HttpSource):
-            source.contents = "redact"  # no content crosses the wire, not even ciphertext
+        if isinstance(source, HttpSource):
+            await source.sign_head()
+            if args.redact:
+                source.contents = "redact"  # no content crosses the wire, not even ciphertext
         try:
             return await write_export(
                 source,

@@ -690,17 +690,42 @@ async def test_export_from_a_live_bridge_verifies_after_shutdown(live: BridgePro
     pem = live.workdir / "pub.pem"
     pem.write_text(_cli("audit", "pubkey", cwd=live.workdir, env=live.env).stdout)
     assert pem.read_text().startswith("-----BEGIN PUBLIC KEY-----")
-    # the bridge checkpoints every 10 s and at shutdown; an export taken before that is
-    # verified as far as the last checkpoint, the rest reported as not covered
+    # the CLI has the bridge sign its head before exporting: the ask is covered at once
+    # (records appended after that signature would be reported as not covered)
     report = verify_export(out, pem.read_bytes())
-    if report.covered_to == 0:
-        assert [p.kind for p in report.problems] == ["not_covered"]
+    answered = await read_events(live.db, ["RequestAnswered"])
+    assert report.covered_to >= answered[-1].position, report.problems
     live.stop()
     after = live.workdir / "after.jsonl"
     done = _cli("audit", "export", "--db", str(live.db), "--out", str(after), cwd=live.workdir)
     assert done.returncode == 0, done.stderr
     report = verify_export(after, pem.read_bytes())
     assert report.ok and report.uncovered == 0, report.problems
+
+
+async def test_a_request_made_a_moment_ago_exports_with_its_proofs(live: BridgeProcess) -> None:
+    """Seconds after an ask, before the periodic checkpoint: the CLI's export and the
+    console's download both prove every record of it (each signs the head first)."""
+    request_id = await _ask_bob(live)
+    history = [e for e in await read_events(live.db) if e.data.get("request_id") == request_id]
+    pem = _cli("audit", "pubkey", cwd=live.workdir, env=live.env).stdout.encode()
+    out = live.workdir / "request.jsonl"
+    done = _cli(
+        "audit", "export", "--request", request_id, "--out", str(out),
+        cwd=live.workdir, env=live.env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    request = urllib.request.Request(
+        f"{live.url}/admin/console/export?request={request_id}",
+        headers={"Authorization": f"Bearer {live.admin_token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        downloaded = live.workdir / "download.jsonl"
+        downloaded.write_bytes(response.read())
+    for export in (out, downloaded):
+        report = verify_export(export, pem)
+        assert report.ok, report.describe()
+        assert report.to_json()["matched"] == len(history) >= 3
 
 
 async def test_redacted_export_from_a_live_bridge_holds_no_contents_nor_ciphertext(

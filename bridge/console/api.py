@@ -233,6 +233,9 @@ def add_api_routes(app: web.Application, bridge_of: Callable[[web.Request], Brid
         except ValueError as exc:
             return _bad(str(exc).split(":", 1)[0], str(exc))
         store = bridge_of(request).store
+        # Sign the head first: an export proves its records against a signed checkpoint,
+        # and the periodic one may not cover a request made seconds ago (a 404 otherwise).
+        await store.checkpoint()
         with tempfile.TemporaryDirectory(prefix="lighthouse-export-") as tmp:
             out = Path(tmp) / "export.jsonl"
             try:
