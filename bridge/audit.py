@@ -574,6 +574,8 @@ async def _open_contents(
         },
         actor=admin_actor(request),
     )
+    if sealer is not None:
+        await sealer.load_keys_to_open(r for _, r in read)
     for e, r in read:
         e["data"] = sealer.open_record(r) if sealer is not None else r.data
 

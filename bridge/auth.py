@@ -26,12 +26,14 @@ from security import (
     ConsoleSessions,
     Rejection,
     RequestView,
+    SecretNotLoaded,
     VaultError,
     bearer_token,
 )
 
 from .domain import ADMIN_AUTH_FAILED, AUTH_REJECTED, RATE_LIMITED, SECURITY_STREAM
 from .unavailable import as_store_error, unavailable, unavailable_response
+from .vault_io import off_loop
 
 if TYPE_CHECKING:
     from .core import Bridge
@@ -205,7 +207,7 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.StreamRespon
     # The signature covers the digest header, not the body: a forged or unsigned request
     # is refused before the server waits for a single byte of its body.
     try:
-        headed = bridge.verifier.check_headers(head, has_body=_has_body(request))
+        headed = await _check_headers(bridge, head, _has_body(request))
     except StoreError as exc:  # a shared vault out of reach (key lookup): 503, not a 500
         return _backend_failed(bridge, "secret_vault", exc)
     except VaultError as exc:  # the row is there but does not decrypt: damage, not the caller
@@ -255,6 +257,18 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.StreamRespon
         return _refuse(429, "rate_limited", by_agent.headers(), error="too_many_requests")
     request[AGENT] = agent
     return None
+
+
+async def _check_headers(bridge: Bridge, head: RequestView, has_body: bool) -> Any:
+    """The verifier's header check, which looks up cached secrets only: a secret read for
+    the first time comes from the vault in a worker thread (`vault_io`), then the (pure)
+    check runs again."""
+    try:
+        return bridge.verifier.check_headers(head, has_body=has_body)
+    except SecretNotLoaded as missing:
+        key_id = missing.key_id
+    await off_loop(lambda: bridge.vault.get(key_id), "reading an agent's key")
+    return bridge.verifier.check_headers(head, has_body=has_body)
 
 
 def _backend_failed(bridge: Bridge, component: str, error: StoreError) -> web.Response:

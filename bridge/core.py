@@ -203,7 +203,9 @@ async def _assemble(settings: Settings, store: GroupCommitStore, fresh: bool) ->
     if settings.database_url:  # other bridges append too: keep the projections current
         event_log.start_following()
     nonces = await open_nonces(settings, fresh_install=fresh or not registry.agents)
-    verifier = SignatureVerifier(key_lookup(registry, vault), nonces, skew=int(settings.skew_s))
+    verifier = SignatureVerifier(
+        key_lookup(registry, vault, cached_only=True), nonces, skew=int(settings.skew_s)
+    )
     token, _ = load_or_create_admin_token(
         settings.admin_token_file, {"LIGHTHOUSE_ADMIN_TOKEN": settings.admin_token or ""}
     )

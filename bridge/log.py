@@ -88,6 +88,8 @@ class Log:
         while True:
             try:
                 async for r in self.store.subscribe(self._watermark + 1):
+                    if self.sealer is not None:
+                        await self.sealer.load_keys_to_open((r,))
                     fact = self._apply_record(r)
                     if fact is not None:
                         for observer in self.on_followed:
@@ -129,6 +131,7 @@ class Log:
         records = await self.store.read_stream(stream)
         if self.sealer is None:
             return records
+        await self.sealer.load_keys_to_open(records)
         return [msgspec.structs.replace(r, data=self.sealer.open_record(r)) for r in records]
 
     def _apply_record(self, r: Record) -> Fact | None:
@@ -181,6 +184,7 @@ class Log:
     ) -> list[int]:
         assert self.sealer is not None
         base = expected_version if expected_version != ANY_VERSION else None
+        await self.sealer.load_keys_to_seal(events)
         for _ in range(_SEAL_ATTEMPTS):
             guess = base if base is not None else self._versions.get(stream, 0)
             sealed = [self.sealer.seal(stream, guess + i + 1, e) for i, e in enumerate(events)]

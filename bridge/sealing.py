@@ -25,6 +25,8 @@ follower retries from the same position; an append answers 503), nothing is mark
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ from .domain import (
     REQUEST_ANSWERED,
     REQUEST_CREATED,
 )
+from .vault_io import off_loop
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +195,26 @@ class Sealer:
     @staticmethod
     def wants(events: Iterable[NewEvent]) -> bool:
         return any(content_fields(e.type, e.data) for e in events)
+
+    async def load_keys_to_seal(self, events: Iterable[NewEvent]) -> None:
+        """Read (or make) the data keys `seal` will need off the event loop (`vault_io`):
+        the authors' first content on this bridge may be a round trip to a shared vault."""
+        keys = self.keys
+        for agent in {e.actor for e in events if content_fields(e.type, e.data)}:
+            if not keys.ready_for(agent):
+                await off_loop(functools.partial(keys.for_agent, agent), "making a data key")
+
+    async def load_keys_to_open(self, records: Iterable[Any]) -> None:
+        """Read the data keys `open_record` will need off the event loop. A key that does
+        not open here is left for `open`, which reports that record and goes on."""
+        keys = self.keys
+        for r in records:
+            if not is_sealed(r.data):
+                continue
+            key_id = r.data[ENVELOPE].get("key")
+            if isinstance(key_id, str) and key_id not in self.forgotten and not keys.ready(key_id):
+                with contextlib.suppress(VaultError):
+                    await off_loop(functools.partial(keys.cipher, key_id), "reading a data key")
 
     def seal(self, stream: str, version: int, event: NewEvent) -> NewEvent:
         """The event as it is stored: contents replaced by their envelope."""

@@ -112,6 +112,18 @@ class DataKeys:
         self._vault.put(key_id, AESGCM.generate_key(bit_length=256))
         return key_id
 
+    def ready(self, key_id: str) -> bool:
+        """Whether `cipher(key_id)` answers without a round trip to a remote vault (a
+        cipher made, a key known destroyed, or a local vault)."""
+        return key_id in self._ciphers or key_id in self._destroyed or not self._vault.remote
+
+    def ready_for(self, agent: str) -> bool:
+        """Whether `for_agent(agent)` answers without a round trip to a remote vault."""
+        if not self._vault.remote:
+            return True
+        key_id = self._current.get(agent)
+        return key_id is not None and key_id in self._ciphers
+
     def cipher(self, key_id: str) -> ContentCipher | None:
         """The cipher of a key id, or None when the key was destroyed (or never existed)."""
         cipher = self._ciphers.get(key_id)

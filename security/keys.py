@@ -42,6 +42,7 @@ __all__ = [
     "KeyStatus",
     "MasterKeyError",
     "SQLiteSecretVault",
+    "SecretNotLoaded",
     "SecretVault",
     "VaultError",
     "decode_secret",
@@ -201,6 +202,16 @@ class SecretVault(ABC):
         if stored is None:  # inserted and deleted between our two statements
             raise VaultError(f"key id {key_id} vanished while it was being created")
         return stored
+
+    remote = False
+    """A backend across the network (PostgreSQL), not a local file: see `needs_io`."""
+
+    def needs_io(self, key_id: str) -> bool:
+        """Whether `get` would make a round trip to a remote backend (not cached there): an
+        async caller reads such a secret in a worker thread first, so no round trip runs on
+        its event loop. A local file answers in microseconds and stays on the caller's
+        thread (SQLite's connection belongs to the thread that opened it)."""
+        return self.remote and key_id not in self._cache
 
     def get(self, key_id: str) -> bytes | None:
         """The secret, or None when the key id has none."""
@@ -489,11 +500,29 @@ class KeyRegistry:
         return [k for k in info.key_ids if not keys[k].revoked and keys[k].grace_until is None]
 
 
+class SecretNotLoaded(Exception):
+    """A live key's secret is not in memory yet: load it (`SecretVault.get`, off the
+    event loop) and check again. Raised by a `key_lookup(..., cached_only=True)`."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(key_id)
+        self.key_id = key_id
+
+
 def key_lookup(
-    registry: KeyRegistry, vault: SecretVault, clock: Callable[[], float] = time.time
+    registry: KeyRegistry,
+    vault: SecretVault,
+    clock: Callable[[], float] = time.time,
+    *,
+    cached_only: bool = False,
 ) -> KeyLookup:
     """Glue for :class:`security.signatures.SignatureVerifier`: key state from the
-    projection, secret from the vault. A key with no secret counts as unknown."""
+    projection, secret from the vault. A key with no secret counts as unknown.
+
+    `cached_only`: never ask a remote vault's backend, raise :class:`SecretNotLoaded`
+    instead. A server's verifier runs on its event loop, where a round trip to a shared vault
+    (PostgreSQL) would stall every request; the header check is pure, so the server
+    loads the secret in a thread and runs it again."""
 
     def lookup(key_id: str) -> ResolvedKey | None:
         status = registry.lookup(key_id, clock())
@@ -502,6 +531,8 @@ def key_lookup(
         if status.state in (KeyState.REVOKED, KeyState.EXPIRED):
             # No vault access for dead keys; the verifier refuses them by state.
             return ResolvedKey(status.agent, b"", status.state.value)
+        if cached_only and vault.needs_io(key_id):
+            raise SecretNotLoaded(key_id)
         secret = vault.get(key_id)
         if secret is None:
             return None

@@ -12,11 +12,17 @@ lookup and the sealing stage on append. Secrets are cached in memory after their
 and writes are rare (an agent added or rotated, an agent's first content, a forget), so the
 database is asked on a cache miss only, a few times per agent over a bridge's life. Making
 the interface asynchronous would thread `await` through the verifier and the sealer for
-those few calls. A miss blocks the event loop for one round trip; the connection has short
-connect and statement timeouts, and after a failed connection the vault answers
-`VaultUnavailable` at once for `_BACKOFF_S` instead of stalling every request on a dead
-server. `VaultUnavailable` is both a `VaultError` and the store's `StoreUnavailable`, so
-callers answer it as they answer the store being out of reach: 503 with a reason.
+those few calls. The bridge never lets a miss run on its event loop: it asks
+`SecretVault.needs_io` and reads what is not cached in a worker thread, bounded in time
+(`bridge/vault_io.py`), so a database that stops answering delays the requests that need
+an unread secret, not every request. Here the one connection is used by one thread at a
+time (a lock, given up after `_LOCK_WAIT_S`: a call stuck on a dead link does not pile up
+threads behind it); it has short connect and statement timeouts, TCP keepalives and a TCP
+user timeout (a link that silently drops fails in seconds, not at the kernel's 15-minute
+retransmission limit), and after a failed connection the vault answers `VaultUnavailable`
+at once for `_BACKOFF_S` instead of stalling every request on a dead server.
+`VaultUnavailable` is both a `VaultError` and the store's `StoreUnavailable`, so callers
+answer it as they answer the store being out of reach: 503 with a reason.
 
 Initialization, under an advisory lock so bridges starting at once take turns:
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -65,6 +72,8 @@ log = logging.getLogger(__name__)
 _CONNECT_TIMEOUT_S = 3  # libpq's connect_timeout: whole seconds
 _STATEMENT_TIMEOUT_MS = 5000
 _BACKOFF_S = 1.0
+_LOCK_WAIT_S = 5.0
+_TCP_USER_TIMEOUT_MS = 10_000  # unacknowledged data for this long: the link is dead
 _LOCK_VAULT = 0x4C48_0004  # advisory lock key ("LH"), beside events/postgres.py's
 _CHECK_AD = b"lighthouse key vault check v1"
 _NOT_INITIALIZED = (
@@ -97,12 +106,15 @@ def _key_check(aead: AESGCM) -> tuple[bytes, bytes]:
 class PostgresSecretVault(SecretVault):
     """Wrapped rows in table `key_vault` (migrations/postgres/0003) over one connection."""
 
+    remote = True
+
     def __init__(self, url: str, conn: psycopg.Connection[Any], master_key: bytes) -> None:
         super().__init__(master_key)
         self._url = url
         self._conn: psycopg.Connection[Any] | None = conn
         self._down_until = 0.0
         self._down_reason = ""
+        self._lock = threading.RLock()  # one thread at a time on the connection
         self.imported: ImportReport | None = None
 
     @classmethod
@@ -231,6 +243,19 @@ class PostgresSecretVault(SecretVault):
         """Run *work* on the connection. A connection that was idle may have died with a
         server restart, so with `retry` it is replaced once; failures are
         `VaultUnavailable`, and for `_BACKOFF_S` after one the vault does not even try."""
+        if not self._lock.acquire(timeout=_LOCK_WAIT_S):
+            raise VaultUnavailable(
+                f"PostgreSQL vault unavailable while {doing}: an earlier call has not "
+                f"returned in {_LOCK_WAIT_S:g} s"
+            )
+        try:
+            return self._call_locked(doing, work, retry)
+        finally:
+            self._lock.release()
+
+    def _call_locked(
+        self, doing: str, work: Callable[[psycopg.Connection[Any]], T], retry: bool
+    ) -> T:
         if time.monotonic() < self._down_until:
             raise VaultUnavailable(
                 f"PostgreSQL vault unavailable while {doing}: {self._down_reason}"
@@ -405,4 +430,9 @@ def _connect(url: str) -> psycopg.Connection[Any]:
         autocommit=True,
         connect_timeout=_CONNECT_TIMEOUT_S,
         options=f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}",
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=3,
+        tcp_user_timeout=_TCP_USER_TIMEOUT_MS,
     )

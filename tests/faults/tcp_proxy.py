@@ -1,7 +1,9 @@
 """A TCP proxy the test controls, between a client and a server it must not disturb.
 
 `cut()` drops every live connection and refuses new ones (the server looks unreachable);
-`restore()` accepts again on the same port. The shared PostgreSQL is never touched.
+`restore()` accepts again on the same port. `stall()` is the silent drop: connections stay
+open, new ones are accepted, and nothing is forwarded any more, either way. The shared
+PostgreSQL is never touched.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._stalled = False
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(
@@ -25,6 +28,9 @@ class TcpProxy:
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._stalled:  # accepted, never answered
+            self._links.add(writer)
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -35,6 +41,8 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    if self._stalled:
+                        continue  # swallowed: the peer waits for an answer that never comes
                     dst.write(data)
                     await dst.drain()
             dst.close()
@@ -51,7 +59,11 @@ class TcpProxy:
             link.transport.abort()
         self._links.clear()
 
+    def stall(self) -> None:
+        self._stalled = True
+
     async def restore(self) -> None:
+        self._stalled = False
         await self.start()
 
     async def close(self) -> None:

@@ -4,7 +4,9 @@ A real `lighthouse serve --database-url` reaches PostgreSQL through a TCP proxy 
 cuts and restores (the shared server is never touched). While it is cut, signed MCP
 requests get JSON 503 with the reason and `Retry-After` (no 500, no half-written state),
 `/health` says `degraded` — also for an agent whose secret the bridge must first read from
-the shared vault; once it is restored the bridge serves again by itself.
+the shared vault; once it is restored the bridge serves again by itself. A database that
+goes silent (connections open, no answers) delays only the requests that wait on it: the
+secret-vault read of a request runs off the event loop, so everything else is served.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import asyncio
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +59,9 @@ class ThreadedProxy:
 
     def restore(self) -> None:
         self._run(self.proxy.restore())
+
+    def stall(self) -> None:
+        self.loop.call_soon_threadsafe(self.proxy.stall)
 
     def close(self) -> None:
         self._run(self.proxy.close())
@@ -123,3 +130,56 @@ def test_unreachable_postgres_is_503_with_a_reason_and_recovers(tmp_path: Path) 
         if bridge.proc is not None:
             bridge.stop()
         proxy.close()
+
+
+def _bob_added_elsewhere(bridge: BridgeProcess, url: str, tmp_path: Path) -> None:
+    """bob is added by another process (the CLI on the database directly): the bridge learns
+    of him from the log and has never read his secret from the shared vault."""
+    added = lighthouse("agents", "add", "bob", "--database-url", url, cwd=tmp_path)
+    bob = json.loads(added.stdout)
+    bridge.agents["bob"] = Agent(bob["agent"], bob["key_id"], bob["secret"])
+    _until(
+        lambda: any(a["agent"] == "bob" for a in bridge.admin("GET", "/admin/agents")[1]["agents"]),
+        5,
+    )
+
+
+def test_a_silent_database_delays_only_the_requests_that_wait_on_it(tmp_path: Path) -> None:
+    url = fresh_database("silent")
+    proxy = ThreadedProxy(5432)
+    via = url.replace(":5432/", f":{proxy.proxy.port}/")
+    bridge = BridgeProcess(tmp_path, extra_args=("--database-url", via)).start()
+    raw = RawClient(bridge)
+    try:
+        _bob_added_elsewhere(bridge, url, tmp_path)
+        proxy.stall()
+        waited: dict[str, Any] = {}
+
+        def bob_signs_in() -> None:
+            started = time.monotonic()
+            response = raw.post("bob", initialize_body())
+            waited.update(status=response.status_code, body=response.text)
+            waited["s"] = time.monotonic() - started
+
+        caller = threading.Thread(target=bob_signs_in)
+        caller.start()
+        time.sleep(0.5)  # bob's request is now reading his secret from the silent vault
+        assert caller.is_alive()
+        slowest = 0.0
+        while caller.is_alive():
+            started = time.monotonic()
+            with urllib.request.urlopen(bridge.url + "/metrics", timeout=5) as scraped:
+                assert scraped.status == 200
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.2)
+        caller.join()
+        assert slowest < 0.5, f"/metrics took {slowest:.2f} s while the vault was silent"
+        # bob is told to retry (the vault read is given up, not waited on forever)
+        assert waited["status"] == 503, waited
+        assert json.loads(waited["body"])["reason"] == "store_unavailable"
+        assert "Traceback" not in waited["body"] and waited["s"] < 15
+    finally:
+        raw.close()
+        proxy.close()  # the links drop: the bridge's waits on the database end, it can stop
+        if bridge.proc is not None:
+            bridge.stop()

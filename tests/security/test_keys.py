@@ -11,6 +11,7 @@ from security.keys import (
     KeyRegistry,
     KeyState,
     MasterKeyError,
+    SecretNotLoaded,
     SecretVault,
     SQLiteSecretVault,
     decode_secret,
@@ -197,3 +198,32 @@ async def test_key_lookup_glue_with_verifier(tmp_path):
     assert revoked.reason is Reason.REVOKED_KEY
     unknown = await verifier.verify(signed_view(key_id="k_bob", secret=new, created=NOW + 61))
     assert unknown.reason is Reason.UNKNOWN_KEY  # in the registry but no secret in the vault
+
+
+async def test_a_cached_only_lookup_asks_for_an_unread_secret_instead_of_reading_it(tmp_path):
+    """A server's verifier never reads a remote vault's backend: it is told which secret to
+    load (off its event loop), and the same check then passes from memory."""
+
+    class RemoteVault(SQLiteSecretVault):
+        remote = True  # as the PostgreSQL vault: a miss is a round trip
+
+    reg = registry_with_history()
+    path = tmp_path / "db"
+    master = os.urandom(32)
+    secret = os.urandom(32)
+    SQLiteSecretVault(path, master).put("k_new", secret)
+    vault = RemoteVault(path, master)  # another process's: nothing cached here
+    clock = FakeClock(NOW)
+    lookup = key_lookup(reg, vault, clock, cached_only=True)
+    verifier = SignatureVerifier(lookup, InMemoryNonceStore(), clock=clock)
+    view = signed_view(key_id="k_new", secret=secret)
+    assert vault.needs_io("k_new")
+    with pytest.raises(SecretNotLoaded) as missing:
+        verifier.check_headers(view, has_body=bool(view.body))
+    assert missing.value.key_id == "k_new" and vault.needs_io("k_new")
+    assert vault.get("k_new") == secret and not vault.needs_io("k_new")
+    ok = await verifier.verify(view)
+    assert isinstance(ok, Verified) and ok.agent == "alice"
+    unknown = await verifier.verify(signed_view(key_id="k_nobody", secret=secret))
+    assert unknown.reason is Reason.UNKNOWN_KEY  # not in the registry: no vault, no raise
+    assert not SQLiteSecretVault(path, master).needs_io("k_new")  # a local file: never
