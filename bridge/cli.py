@@ -382,6 +382,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     "records_checked": report.records_checked,
                     "checkpoints_checked": report.checkpoints_checked,
                     "last_checkpoint": report.last_checkpoint,
+                    "tree_nodes_checked": report.tree_nodes_checked,
+                    "tree_notes_checked": report.tree_notes_checked,
                     "problems": [
                         {"position": p.position, "kind": p.kind, "detail": p.detail}
                         for p in report.problems
@@ -393,7 +395,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(
             f"OK: {report.records_checked} events, chain intact, "
             f"{report.checkpoints_checked} signed checkpoints hold "
-            f"(last covers {report.last_checkpoint})"
+            f"(last covers {report.last_checkpoint}), Merkle tree "
+            f"({report.tree_nodes_checked} stored nodes) and "
+            f"{report.tree_notes_checked} signed tree notes hold"
         )
     else:
         first = report.first

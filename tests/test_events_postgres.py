@@ -33,6 +33,17 @@ class TestPostgresConformance(EventStoreConformance):
     async def open_store(self, config: StoreConfig) -> EventStore:
         return await PostgresEventStore.open(config)
 
+    async def tamper(self, config: StoreConfig, *statements: str) -> None:
+        assert config.url is not None
+        conn = await asyncpg.connect(config.url)
+        try:
+            for table in ("events", "checkpoints", "merkle_nodes", "tlog_checkpoints"):
+                await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
 
 _suite = TestPostgresConformance()
 

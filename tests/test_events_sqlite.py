@@ -15,6 +15,9 @@ class TestSqliteConformance(EventStoreConformance):
     async def open_store(self, config: StoreConfig) -> EventStore:
         return await SqliteEventStore.open(config)
 
+    async def tamper(self, config: StoreConfig, *statements: str) -> None:
+        _tamper(config, *statements)
+
 
 # -- what only the SQLite file shows -----------------------------------------------------
 
@@ -43,10 +46,11 @@ async def _filled(tmp_path: Path, n: int = 20, **overrides: object) -> StoreConf
 
 
 def _tamper(config: StoreConfig, *statements: str) -> None:
+    """Run `statements` past every append-only trigger (events, checkpoints, tree)."""
     conn = sqlite3.connect(config.path)
-    conn.execute("DROP TRIGGER IF EXISTS events_no_update")
-    conn.execute("DROP TRIGGER IF EXISTS events_no_delete")
-    conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
+    triggers = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    for (trigger,) in triggers:
+        conn.execute(f"DROP TRIGGER {trigger}")
     for statement in statements:
         conn.execute(statement)
     conn.commit()

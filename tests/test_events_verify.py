@@ -14,6 +14,15 @@ from pathlib import Path
 import pytest
 
 from events import NewEvent, SqliteEventStore, StoreConfig, StoreCorrupt
+from events.chain import CheckpointSigner
+from events.note import TreeHead
+from events.tlog import (
+    TreeCheckpoint,
+    TreeCheckpointFile,
+    origin_of,
+    sign_tree_head,
+    tree_checkpoint_path,
+)
 from events.verify import VerifyReport, verify_with_config
 
 DATA = {"a": 1, "b": "café", "n": 1.5, "s": "x y"}
@@ -39,12 +48,18 @@ async def _verify(config: StoreConfig) -> VerifyReport:
         await store.close()
 
 
-def _set_data(config: StoreConfig, position: int, data: bytes) -> None:
+def _sql(config: StoreConfig, statement: str, params: tuple[object, ...] = ()) -> None:
+    """One statement past the append-only triggers of the table it changes."""
     conn = sqlite3.connect(config.path)
-    conn.execute("DROP TRIGGER IF EXISTS events_no_update")
-    conn.execute("UPDATE events SET data = ? WHERE position = ?", (data, position))
+    for trigger in ("events_no_update", "merkle_nodes_no_update", "merkle_nodes_no_delete"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    conn.execute(statement, params)
     conn.commit()
     conn.close()
+
+
+def _set_data(config: StoreConfig, position: int, data: bytes) -> None:
+    _sql(config, "UPDATE events SET data = ? WHERE position = ?", (data, position))
 
 
 async def test_stored_data_is_the_canonical_bytes(tmp_path: Path) -> None:
@@ -137,6 +152,15 @@ def _overwrite(path: Path, offset: int, size: int, needle: bytes, replacement: b
         fh.write(replacement)
 
 
+async def test_an_edited_record_is_not_blamed_on_the_tree_above_it(tmp_path: Path) -> None:
+    config = await _filled(tmp_path, 40)  # tree notes at 40; nodes 4/0, 4/1, 5/0
+    _set_data(config, 20, b'{"i":99,"tag":"t0019"}')
+    report = await _verify(config)
+    # 4/1 and 5/0 cover position 20 and the note's root covers it: the record is the damage
+    assert [(p.position, p.kind) for p in report.problems] == [(20, "edited")]
+    assert report.tree_nodes_checked == 1
+
+
 async def test_corrupted_bytes_in_a_table_page_are_edited_records(tmp_path: Path) -> None:
     config = await _filled(tmp_path, 10)
     offset, size = _page_of(config.path, "events")
@@ -198,3 +222,106 @@ def test_cli_progress_goes_to_stderr_only_when_asked(tmp_path: Path) -> None:
     shown = verify("--progress")
     assert shown.returncode == 0 and shown.stdout == quiet.stdout
     assert "verifying: 12/12 (100%" in shown.stderr
+
+
+# -- the transparency log (the kinds both backends report are in tests/conformance) --------
+
+
+async def _big(tmp_path: Path, n: int) -> StoreConfig:
+    """`n` events in batches of 100 (several verify pages; a tree note every 1000)."""
+    config = StoreConfig(path=tmp_path / "events.db", checkpoint_interval=0)
+    store = await SqliteEventStore.open(config)
+    for start in range(0, n, 100):
+        await store.append(
+            "s", [NewEvent(type="T", data={"i": i}) for i in range(start, start + 100)]
+        )
+    await store.close()
+    return config
+
+
+async def test_tree_damage_across_pages_is_found_with_its_positions(tmp_path: Path) -> None:
+    config = await _big(tmp_path, 12_000)  # pages of 5000: node 13/0 completes in the second
+    assert (await _verify(config)).ok
+    wrong = "(SELECT hash FROM merkle_nodes WHERE level = 4 AND idx = 0)"
+    _sql(config, f"UPDATE merkle_nodes SET hash = {wrong} WHERE level = 13 AND idx = 0")
+    _sql(config, f"UPDATE merkle_nodes SET hash = {wrong} WHERE level = 4 AND idx = 700")
+    _sql(config, "DELETE FROM merkle_nodes WHERE level = 5 AND idx = 300")
+    report = await _verify(config)
+    assert [(p.position, p.kind, p.detail) for p in report.problems] == [
+        (
+            1,
+            "tree_node_mismatch",
+            "stored Merkle node 13/0 (positions 1..8192) does not match the records: "
+            "proofs through it are wrong",
+        ),
+        (9601, "tree_node_missing", "Merkle node 5/300 (positions 9601..9632) is not stored"),
+        (
+            11201,
+            "tree_node_mismatch",
+            "stored Merkle node 4/700 (positions 11201..11216) does not match the records: "
+            "proofs through it are wrong",
+        ),
+    ]
+    assert report.tree_notes_checked == 12
+
+
+def _signed_note(config: StoreConfig, store_id: str, size: int, root: bytes) -> TreeCheckpoint:
+    """A note the store's own key signs over `root`: what a stolen key or a bug would sign."""
+    origin = origin_of(store_id)
+    signer = CheckpointSigner.load(config.signing_key_file, create=False).note_signer(origin)
+    return TreeCheckpoint(size, sign_tree_head(signer, TreeHead(origin, size, root)))
+
+
+async def _store_id(config: StoreConfig) -> str:
+    store = await SqliteEventStore.open(StoreConfig(path=config.path, readonly=True))
+    await store.close()
+    return store.store_id
+
+
+async def test_a_validly_signed_note_over_another_root_is_reported(tmp_path: Path) -> None:
+    config = await _filled(tmp_path, 30)
+    forged = _signed_note(config, await _store_id(config), 20, bytes(32))
+    TreeCheckpointFile(tree_checkpoint_path(config.checkpoints)).append(forged)
+    report = await _verify(config)
+    assert [(p.position, p.kind) for p in report.problems] == [(20, "tree_root_mismatch")]
+    assert report.problems[0].detail.startswith(
+        "tree note at size 20 in the file signs root AAAAAAAA"
+    )
+
+
+async def test_a_tree_note_beyond_the_log_is_a_cut_tail(tmp_path: Path) -> None:
+    config = await _filled(tmp_path, 30)
+    later = _signed_note(config, await _store_id(config), 45, bytes(32))
+    TreeCheckpointFile(tree_checkpoint_path(config.checkpoints)).append(later)
+    report = await _verify(config)
+    assert [(p.position, p.kind, p.detail) for p in report.problems] == [
+        (31, "truncated", "a signed tree note covers 45 events; the store ends at 30")
+    ]
+
+
+def test_cli_reports_tree_damage_with_exit_code_1(tmp_path: Path) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    config = asyncio.run(_filled(tmp_path, 40))
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "verify", "--db", str(config.path)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ok = verify()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "Merkle tree (3 stored nodes) and 1 signed tree notes hold" in ok.stdout
+    _sql(config, "UPDATE merkle_nodes SET hash = zeroblob(32) WHERE level = 4 AND idx = 1")
+    bad = verify()
+    assert bad.returncode == 1
+    assert bad.stdout == (
+        "FAILED at position 17: tree_node_mismatch: stored Merkle node 4/1 (positions 17..32) "
+        "does not match the records: proofs through it are wrong\n"
+    )

@@ -8,6 +8,7 @@ library's recorder test cases).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -57,6 +58,11 @@ class EventStoreConformance:
 
     async def verify(self, store: EventStore, config: StoreConfig) -> VerifyReport:
         return await verify_with_config(store, config)
+
+    async def tamper(self, config: StoreConfig, *statements: str) -> None:
+        """Run SQL on the closed store past its append-only triggers, as an attacker with
+        database access would (supplied by each backend's test module)."""
+        raise NotImplementedError
 
     # -- appending -----------------------------------------------------------------------
 
@@ -254,3 +260,71 @@ class EventStoreConformance:
         with pytest.raises(MissingKey, match="never regenerated"):
             await self.open_store(config)
         assert not config.chain_key_file.exists()
+
+    # -- the transparency log: stored tree and signed tree notes --------------------------
+
+    async def _tree_store(self, config: StoreConfig) -> None:
+        """70 events with a chain checkpoint and a tree note every 10: tree nodes 4/0..4/3,
+        5/0, 5/1 and 6/0."""
+        store = await self.open_store(config)
+        for i in range(70):
+            await store.append(f"s{i % 3}", [ev(i=i)])
+        await store.close()
+
+    async def _verify_closed(self, config: StoreConfig) -> VerifyReport:
+        store = await self.open_store(dataclasses.replace(config, readonly=True))
+        try:
+            return await self.verify(store, config)
+        finally:
+            await store.close()
+
+    async def test_untouched_tree_and_notes_verify(self, tmp_path: Path) -> None:
+        config = self.make_config(tmp_path, checkpoint_every=10)
+        await self._tree_store(config)
+        report = await self._verify_closed(config)
+        assert report.ok, report.problems
+        assert (report.tree_nodes_checked, report.tree_notes_checked) == (7, 7)
+
+    async def test_edited_merkle_node_is_reported(self, tmp_path: Path) -> None:
+        config = self.make_config(tmp_path, checkpoint_every=10)
+        await self._tree_store(config)
+        await self.tamper(
+            config,
+            "UPDATE merkle_nodes SET hash = (SELECT hash FROM merkle_nodes "
+            "WHERE level = 4 AND idx = 0) WHERE level = 4 AND idx = 1",
+        )
+        report = await self._verify_closed(config)
+        assert [(p.position, p.kind) for p in report.problems] == [(17, "tree_node_mismatch")]
+        assert "node 4/1 (positions 17..32)" in report.problems[0].detail
+
+    @pytest.mark.parametrize(
+        ("edit", "detail"),
+        [
+            ("'x' || note", "is of log 'xlighthouse/"),
+            (  # one base64 character of the signature changed
+                "substr(note, 1, length(note) - 6) || CASE WHEN substr(note, length(note) - 5, 1)"
+                " = 'A' THEN 'B' ELSE 'A' END || substr(note, length(note) - 4)",
+                "not validly signed (the checkpoint's signature does not verify",
+            ),
+            ("(SELECT note FROM tlog_checkpoints WHERE size = 10)", "signs size 10"),
+        ],
+        ids=["origin", "signature", "moved"],
+    )
+    async def test_forged_tree_note_is_reported(
+        self, tmp_path: Path, edit: str, detail: str
+    ) -> None:
+        config = self.make_config(tmp_path, checkpoint_every=10)
+        await self._tree_store(config)
+        await self.tamper(config, f"UPDATE tlog_checkpoints SET note = {edit} WHERE size = 20")
+        report = await self._verify_closed(config)
+        assert [(p.position, p.kind) for p in report.problems] == [(20, "tree_note_forged")]
+        assert detail in report.problems[0].detail
+
+    async def test_tree_note_deleted_from_the_store_is_caught_by_the_file(
+        self, tmp_path: Path
+    ) -> None:
+        config = self.make_config(tmp_path, checkpoint_every=10)
+        await self._tree_store(config)
+        await self.tamper(config, "DELETE FROM tlog_checkpoints WHERE size = 30")
+        report = await self._verify_closed(config)
+        assert [(p.position, p.kind) for p in report.problems] == [(30, "tree_note_removed")]
