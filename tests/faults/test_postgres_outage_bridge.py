@@ -12,6 +12,7 @@ secret-vault read of a request runs off the event loop, so everything else is se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -78,27 +79,44 @@ def _until(predicate: object, timeout: float) -> None:
     raise AssertionError(f"not within {timeout} s")
 
 
-def test_unreachable_postgres_is_503_with_a_reason_and_recovers(tmp_path: Path) -> None:
-    url = fresh_database("outage")
+def _bob_added_elsewhere(bridge: BridgeProcess, url: str, tmp_path: Path) -> None:
+    """bob is added by another process (the CLI on the database directly): the bridge learns
+    of him from the log and has never read his secret from the shared vault."""
+    added = lighthouse("agents", "add", "bob", "--database-url", url, cwd=tmp_path)
+    bob = json.loads(added.stdout)
+    bridge.agents["bob"] = Agent(bob["agent"], bob["key_id"], bob["secret"])
+    _until(
+        lambda: any(a["agent"] == "bob" for a in bridge.admin("GET", "/admin/agents")[1]["agents"]),
+        5,
+    )
+
+
+@contextlib.contextmanager
+def bridge_behind_proxy(
+    tmp_path: Path, label: str
+) -> Iterator[tuple[str, ThreadedProxy, BridgeProcess, RawClient]]:
+    """A bridge whose PostgreSQL (store and vault) is reached through a proxy the test
+    controls; the database URL without the proxy, for the CLI."""
+    url = fresh_database(label)
     proxy = ThreadedProxy(5432)
     via = url.replace(":5432/", f":{proxy.proxy.port}/")
     bridge = BridgeProcess(tmp_path, extra_args=("--database-url", via)).start()
     raw = RawClient(bridge)
     try:
+        yield url, proxy, bridge, raw
+    finally:
+        raw.close()
+        proxy.close()  # links drop: any wait of the bridge on the database ends, it can stop
+        if bridge.proc is not None:
+            bridge.stop()
+
+
+def test_unreachable_postgres_is_503_with_a_reason_and_recovers(tmp_path: Path) -> None:
+    with bridge_behind_proxy(tmp_path, "outage") as (url, proxy, bridge, raw):
         status, created = bridge.admin("POST", "/admin/agents", {"name": "alice"})
         assert status == 201
         bridge.agents["alice"] = Agent(created["agent"], created["key_id"], created["secret"])
-        # bob is added by another process (the CLI on the database directly): this bridge
-        # learns of him from the log and has never read his secret from the shared vault.
-        added = lighthouse("agents", "add", "bob", "--database-url", url, cwd=tmp_path)
-        bob = json.loads(added.stdout)
-        bridge.agents["bob"] = Agent(bob["agent"], bob["key_id"], bob["secret"])
-        _until(
-            lambda: any(
-                a["agent"] == "bob" for a in bridge.admin("GET", "/admin/agents")[1]["agents"]
-            ),
-            5,
-        )
+        _bob_added_elsewhere(bridge, url, tmp_path)
         session = raw.open_session("alice")
         listing = tool_call_body("list_agents", {})
         assert raw.post("alice", listing, session=session).status_code == 200
@@ -125,32 +143,10 @@ def test_unreachable_postgres_is_503_with_a_reason_and_recovers(tmp_path: Path) 
         _until(serving, timeout=30)
         _until(lambda: raw.post("bob", initialize_body()).status_code == 200, timeout=30)
         _until(lambda: bridge.health()["status"] == "ok", timeout=30)
-    finally:
-        raw.close()
-        if bridge.proc is not None:
-            bridge.stop()
-        proxy.close()
-
-
-def _bob_added_elsewhere(bridge: BridgeProcess, url: str, tmp_path: Path) -> None:
-    """bob is added by another process (the CLI on the database directly): the bridge learns
-    of him from the log and has never read his secret from the shared vault."""
-    added = lighthouse("agents", "add", "bob", "--database-url", url, cwd=tmp_path)
-    bob = json.loads(added.stdout)
-    bridge.agents["bob"] = Agent(bob["agent"], bob["key_id"], bob["secret"])
-    _until(
-        lambda: any(a["agent"] == "bob" for a in bridge.admin("GET", "/admin/agents")[1]["agents"]),
-        5,
-    )
 
 
 def test_a_silent_database_delays_only_the_requests_that_wait_on_it(tmp_path: Path) -> None:
-    url = fresh_database("silent")
-    proxy = ThreadedProxy(5432)
-    via = url.replace(":5432/", f":{proxy.proxy.port}/")
-    bridge = BridgeProcess(tmp_path, extra_args=("--database-url", via)).start()
-    raw = RawClient(bridge)
-    try:
+    with bridge_behind_proxy(tmp_path, "silent") as (url, proxy, bridge, raw):
         _bob_added_elsewhere(bridge, url, tmp_path)
         proxy.stall()
         waited: dict[str, Any] = {}
@@ -178,8 +174,3 @@ def test_a_silent_database_delays_only_the_requests_that_wait_on_it(tmp_path: Pa
         assert waited["status"] == 503, waited
         assert json.loads(waited["body"])["reason"] == "store_unavailable"
         assert "Traceback" not in waited["body"] and waited["s"] < 15
-    finally:
-        raw.close()
-        proxy.close()  # the links drop: the bridge's waits on the database end, it can stop
-        if bridge.proc is not None:
-            bridge.stop()
