@@ -9,6 +9,7 @@ ciphertext stays in the hash chain, so the log still verifies, but reads as ``[e
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterable
@@ -26,6 +27,7 @@ from .domain import (
     agent_stream,
 )
 from .log import Log
+from .vault_io import on_vault
 
 # fullmatch, not match with `$`: `$` also matches before a trailing newline ("bob\n").
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -69,7 +71,8 @@ class AgentService:
             _check_labels("capability", capabilities),
         )
         secret, key_id = generate_secret(), new_key_id()
-        self.vault.put(key_id, decode_secret(secret))  # before the event: a key is never live
+        store = functools.partial(self.vault.put, key_id, decode_secret(secret))
+        await on_vault(self.vault, store, "storing a new key")  # before the event: never live
         await self.log.append_events(
             agent_stream(name),
             actor,
@@ -84,7 +87,8 @@ class AgentService:
         info = self._live(name)
         active = self.registry.active_key_ids(name)
         secret, key_id = generate_secret(), new_key_id()
-        self.vault.put(key_id, decode_secret(secret))
+        store = functools.partial(self.vault.put, key_id, decode_secret(secret))
+        await on_vault(self.vault, store, "storing a new key")
         grace_until = time.time() + self.grace_s
         await self.log.append_events(
             agent_stream(name),
@@ -155,7 +159,8 @@ class AgentService:
             raise AgentError("--reason is required: say why this agent's contents are erased")
         if len(reason) > 500:
             raise AgentError("reason: at most 500 characters")
-        key_ids = sealer.keys.key_ids(name)
+        listed = functools.partial(sealer.keys.key_ids, name)
+        key_ids = await on_vault(self.vault, listed, "listing data keys")
         if name not in self.registry.agents and not key_ids:
             raise AgentError(f"no agent named {name!r}")
         if not key_ids:
@@ -175,7 +180,8 @@ class AgentService:
             "forced": bool(pending),
         }
         position = await self.log.record(agent_stream(name), AGENT_FORGOTTEN, data, actor=actor)
-        destroyed = sealer.keys.destroy(key_ids)
+        destroy = functools.partial(sealer.keys.destroy, key_ids)
+        destroyed = await on_vault(self.vault, destroy, "destroying data keys")
         return {"agent": name, "erased_key_ids": destroyed, "position": position}
 
     def list(self) -> list[dict[str, Any]]:

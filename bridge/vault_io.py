@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from events import StoreUnavailable
+from security import SecretVault
 
 VAULT_WAIT_S = 6.0
 """Longer than the PostgreSQL vault's statement timeout (5 s): a slow answer still lands."""
@@ -32,3 +33,9 @@ async def off_loop(read: Callable[[], T], doing: str) -> T:
         raise StoreUnavailable(
             f"secret vault did not answer within {VAULT_WAIT_S:g} s while {doing}"
         ) from None
+
+
+async def on_vault(vault: SecretVault, work: Callable[[], T], doing: str) -> T:
+    """`work()`, which calls `vault`: off the loop when the vault is remote (`off_loop`), in
+    place for a local file (whose SQLite connection belongs to this thread)."""
+    return await off_loop(work, doing) if vault.remote else work()
