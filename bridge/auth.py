@@ -24,6 +24,7 @@ from events import NewEvent, StoreError
 from security import (
     ConsoleSession,
     ConsoleSessions,
+    Reason,
     Rejection,
     RequestView,
     SecretNotLoaded,
@@ -262,12 +263,14 @@ async def _check_agent(bridge: Bridge, request: web.Request) -> web.StreamRespon
 async def _check_headers(bridge: Bridge, head: RequestView, has_body: bool) -> Any:
     """The verifier's header check, which looks up cached secrets only: a secret read for
     the first time comes from the vault in a worker thread (`vault_io`), then the (pure)
-    check runs again."""
+    check runs again. A live key whose row is missing from the vault is refused as the
+    verifier refuses a key without a secret (checking again would only ask again)."""
     try:
         return bridge.verifier.check_headers(head, has_body=has_body)
     except SecretNotLoaded as missing:
         key_id = missing.key_id
-    await off_loop(lambda: bridge.vault.get(key_id), "reading an agent's key")
+    if await off_loop(lambda: bridge.vault.get(key_id), "reading an agent's key") is None:
+        return Rejection(Reason.UNKNOWN_KEY, 401, None, key_id)
     return bridge.verifier.check_headers(head, has_body=has_body)
 
 
