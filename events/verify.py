@@ -25,8 +25,8 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .chain import ChainKey, CheckpointFile, checkpoint_signature_ok, load_public_key
-from .errors import StoreError
-from .merkle import HASH_SIZE, Frontier, leaf_hash
+from .errors import StoreCorrupt, StoreError
+from .merkle import HASH_SIZE, Frontier, Node, leaf_hash
 from .model import GENESIS_HASH, Checkpoint, RawRow, canonical
 from .note import (
     Note,
@@ -149,12 +149,16 @@ async def verify_store(
     walk.wanted = {cp.size for cp in file_checkpoints} | {cp.size for cp in stored}
     # a backend without the Merkle tree (as bridge/tlog.py treats it) has nothing to check
     has_tree = hasattr(store, "tree_nodes")
-    notes = _read_notes(
-        store.store_id,
-        await store.tree_checkpoints() if has_tree else [],  # type: ignore[attr-defined]
-        file_tree_notes,
-    )
-    tree = _Tree(store if has_tree else None, notes)
+    stored_notes: list[TreeCheckpoint] = []
+    notes_readable = True
+    try:
+        if has_tree:
+            stored_notes = await store.tree_checkpoints()  # type: ignore[attr-defined]
+    except StoreCorrupt as exc:  # judge the file's notes and the nodes all the same
+        notes_readable = False
+        problems.append(Problem(0, "unreadable", f"the stored tree notes cannot be read: {exc}"))
+    notes = _read_notes(store.store_id, stored_notes, file_tree_notes)
+    tree = _Tree(store if has_tree else None, notes, notes_readable)
     position = 1
     while len(problems) + len(walk.problems) + len(tree.problems) < MAX_PROBLEMS:
         try:
@@ -424,6 +428,10 @@ def _read_notes(
     return out
 
 
+_Judged = tuple[int, int, bytes, int, int]
+"""A recomputed node to compare: level, index, hash, first and last position it covers."""
+
+
 class _Tree:
     """The Merkle tree recomputed from the walked leaves, judged against the stored one.
 
@@ -434,10 +442,12 @@ class _Tree:
     judged: its mismatch is that record's damage, not the tree's.
     """
 
-    def __init__(self, store: Any, notes: list[_TreeNote]) -> None:
+    def __init__(self, store: Any, notes: list[_TreeNote], notes_readable: bool = True) -> None:
         self.store = store
         """The backend's `tree_nodes`, or None for a backend that keeps no tree."""
         self.notes = notes
+        self.notes_readable = notes_readable
+        """False when the store's notes could not be read: a file note is then not `removed`."""
         self.frontier = Frontier()
         self.sizes = sorted({n.head.size for n in notes if n.head is not None})
         self._next_size = 0
@@ -450,6 +460,8 @@ class _Tree:
         then is a node it lacks damage, not a store from before the tree."""
         self.nodes_checked = 0
         self.notes_checked = 0
+        self._unreadable_end = -1
+        """Last position of the latest `unreadable` node range, so pages in a row merge."""
 
     async def grow(self, walk: _Walk) -> None:
         """Add the leaves the walk just checked; compare the nodes they complete."""
@@ -467,13 +479,18 @@ class _Tree:
             await self._compare(completed, sorted(p.position for p in walk.problems))
 
     async def _compare(self, completed: list[tuple[int, int, bytes]], damaged: list[int]) -> None:
-        judged = []
+        judged: list[_Judged] = []
         for level, index, node in completed:
             first, last = (index << level) + 1, (index + 1) << level
             at = bisect_left(damaged, first)
             if at == len(damaged) or damaged[at] > last:
                 judged.append((level, index, node, first, last))
-        found = await self.store.tree_nodes([(level, index) for level, index, *_ in judged])
+        if not judged:
+            return
+        try:
+            found = await self.store.tree_nodes([(level, index) for level, index, *_ in judged])
+        except StoreCorrupt:  # a damaged page of nodes: find which, and judge the others
+            found, judged = await self._read_each(judged)
         self.kept = self.kept or bool(found)
         for level, index, node, first, last in judged:
             where = f"Merkle node {level}/{index} (positions {first}..{last})"
@@ -492,6 +509,35 @@ class _Tree:
                     )
                 )
         self.nodes_checked += len(judged)
+
+    async def _read_each(self, judged: list[_Judged]) -> tuple[dict[Node, bytes], list[_Judged]]:
+        """The nodes that still read, one lookup each (only a damaged store pays for it),
+        and the positions of those that do not reported as `unreadable`."""
+        found: dict[Node, bytes] = {}
+        readable = []
+        for entry in judged:
+            try:
+                found.update(await self.store.tree_nodes([entry[:2]]))
+            except StoreCorrupt as exc:
+                self._unreadable(entry[3], entry[4], exc)
+            else:
+                readable.append(entry)
+        return found, readable
+
+    def _unreadable(self, first: int, last: int, exc: StoreCorrupt) -> None:
+        """Report the positions whose nodes cannot be read, one problem per damaged stretch
+        (a damaged root page fails every lookup: that is one stretch, not one per page)."""
+        previous = self.problems[-1] if self.problems else None
+        if (
+            previous is not None
+            and previous.kind == "unreadable"
+            and first <= self._unreadable_end + 1
+        ):
+            first, last = min(first, previous.position), max(last, self._unreadable_end)
+            self.problems.pop()
+        self._unreadable_end = last
+        detail = f"the stored Merkle nodes over positions {first}..{last} cannot be read: {exc}"
+        self.problems.append(Problem(first, "unreadable", detail))
 
     def finish(
         self, store_id: str, public_key: Ed25519PublicKey, size: int, first_damage: int | None
@@ -548,7 +594,7 @@ class _Tree:
                 "tree_root_mismatch",
                 f"{where} signs root {_b64(head.root)}, the records give {_b64(root)}",
             )
-        if head.size not in stored_sizes:
+        if head.size not in stored_sizes and self.notes_readable:
             return Problem(
                 head.size,
                 "tree_note_removed",

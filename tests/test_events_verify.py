@@ -265,6 +265,72 @@ async def test_tree_damage_across_pages_is_found_with_its_positions(tmp_path: Pa
     assert report.tree_notes_checked == 12
 
 
+def _break_leaf_page_holding(path: Path, value: bytes) -> None:
+    """Make the table leaf page that stores `value` malformed (its page type byte zeroed),
+    as a bad sector would: every read through that page fails."""
+    data = path.read_bytes()
+    conn = sqlite3.connect(path)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    at = data.find(value)
+    while at >= 0 and data[at - at % page_size] not in (0x0A, 0x0D):  # a leaf page
+        at = data.find(value, at + 1)
+    assert at >= 0, "value not on a leaf page"
+    with open(path, "r+b") as fh:
+        fh.seek(at - at % page_size)
+        fh.write(b"\x00")
+
+
+async def test_a_damaged_page_of_tree_nodes_is_reported_and_the_rest_judged(
+    tmp_path: Path,
+) -> None:
+    config = await _big(tmp_path, 12_000)
+    wrong = "(SELECT hash FROM merkle_nodes WHERE level = 4 AND idx = 0)"
+    _sql(config, f"UPDATE merkle_nodes SET hash = {wrong} WHERE level = 4 AND idx = 100")
+    _sql(config, f"UPDATE merkle_nodes SET hash = {wrong} WHERE level = 4 AND idx = 700")
+    conn = sqlite3.connect(config.path)
+    (node,) = conn.execute("SELECT hash FROM merkle_nodes WHERE level = 4 AND idx = 400").fetchone()
+    conn.close()
+    _break_leaf_page_holding(config.path, node)
+    report = await _verify(config)  # before: the first lookup through the page aborted verify
+    kinds = [(p.position, p.kind) for p in report.problems if p.kind != "integrity"]
+    unreadable = [p for p in report.problems if p.kind == "unreadable"]
+    assert len(unreadable) == 1, report.problems
+    first, last = map(int, unreadable[0].detail.split("positions ")[1].split(" ")[0].split(".."))
+    assert first <= 6401 and last >= 6416  # node 4/400 is among the nodes that cannot be read
+    assert first > 1616 and last < 11201  # ... and only the nodes of the damaged page
+    assert unreadable[0].detail.endswith(
+        "cannot be read: read failed: database disk image is malformed"
+    )
+    assert kinds == [
+        (1601, "tree_node_mismatch"),
+        (first, "unreadable"),
+        (11201, "tree_node_mismatch"),
+    ]
+    assert report.records_checked == 12_000
+    assert report.tree_notes_checked == 12
+
+
+async def test_unreadable_stored_tree_notes_leave_the_file_notes_judged(tmp_path: Path) -> None:
+    config = await _big(tmp_path, 3000)  # notes at 1000, 2000, 3000, also in the file
+    conn = sqlite3.connect(config.path)
+    (note,) = conn.execute("SELECT note FROM tlog_checkpoints WHERE size = 2000").fetchone()
+    conn.close()
+    _break_leaf_page_holding(config.path, note.encode())
+    forged = _signed_note(config, await _store_id(config), 1500, bytes(32))
+    TreeCheckpointFile(tree_checkpoint_path(config.checkpoints)).append(forged)
+    report = await _verify(config)
+    # the store's copies are unreadable, so the file's are not reported as removed from it
+    assert [(p.position, p.kind) for p in report.problems if p.kind != "integrity"] == [
+        (0, "unreadable"),
+        (1500, "tree_root_mismatch"),
+    ]
+    assert report.problems[-1].detail.startswith("tree note at size 1500 in the file signs root")
+    assert next(p for p in report.problems if p.kind == "unreadable").detail == (
+        "the stored tree notes cannot be read: read failed: database disk image is malformed"
+    )
+
+
 def _signed_note(config: StoreConfig, store_id: str, size: int, root: bytes) -> TreeCheckpoint:
     """A note the store's own key signs over `root`: what a stolen key or a bug would sign."""
     origin = origin_of(store_id)
