@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
 import signal
@@ -30,7 +29,6 @@ from .domain import SESSION_CLOSED, session_stream
 from .mcp import McpEndpoint, SessionTable, StateSealer
 from .mcp.state import LocalUsedStates, SharedUsedStates, UsedStates
 from .tools import AgentTools
-from .vault_io import on_vault
 
 log = logging.getLogger("lighthouse")
 
@@ -67,12 +65,7 @@ def _bridge_ctx(settings: Settings) -> Any:
         flusher: asyncio.Task[None] | None = None
         endpoint: McpEndpoint | None = None
         try:  # any step below that fails (or a SIGTERM meanwhile) still closes the bridge
-            legacy_key = settings.keys / "request_state.key"
-            state_key = await on_vault(
-                bridge.vault,
-                functools.partial(request_state_key, bridge.vault, legacy_key),
-                "reading the requestState key",
-            )
+            state_key = request_state_key(bridge.vault, settings.keys / "request_state.key")
             tools = AgentTools(
                 bridge.log,
                 bridge.router,

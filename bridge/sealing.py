@@ -25,6 +25,7 @@ follower retries from the same position; an append answers 503), nothing is mark
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterable
@@ -146,10 +147,6 @@ def _associated(
     )
 
 
-def _not_in_vault(key_id: str) -> str:
-    return f"data key {key_id} is not in the vault"
-
-
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
@@ -173,8 +170,6 @@ class Sealer:
         self.keys = keys
         self.forgotten: set[str] = set()
         self.forgotten_agents: set[str] = set()
-        # key id -> why it does not open (row missing or damaged), see `load_keys_to_open`
-        self._unopenable: dict[str, str] = {}
         self.failures: list[OpenFailure] = []
         self._on_seal_failure = on_seal_failure
         self._on_open_failure = on_open_failure
@@ -203,49 +198,23 @@ class Sealer:
 
     async def load_keys_to_seal(self, events: Iterable[NewEvent]) -> None:
         """Read (or make) the data keys `seal` will need off the event loop (`vault_io`):
-        the authors' first content on this bridge may be a round trip to a shared vault.
-        A key that cannot be had fails the append here, as `seal` would fail it."""
+        the authors' first content on this bridge may be a round trip to a shared vault."""
         keys = self.keys
-        authors = {e.actor: e.type for e in events if content_fields(e.type, e.data)}
-        for agent, type_ in authors.items():
-            if keys.ready_for(agent):
-                continue
-            try:
+        for agent in {e.actor for e in events if content_fields(e.type, e.data)}:
+            if not keys.ready_for(agent):
                 await off_loop(functools.partial(keys.for_agent, agent), "making a data key")
-            except StoreError:  # the shared vault out of reach (or silent): a 503
-                raise
-            except Exception as exc:
-                raise self._seal_failed(type_, exc) from None
 
     async def load_keys_to_open(self, records: Iterable[Any]) -> None:
-        """Read the data keys `open_record` will need off the event loop. A key whose row is
-        missing or does not decrypt is remembered with its reason, so `open` reports each
-        record sealed under it without asking the vault again (on the loop) — until the
-        bridge restarts: a row restored by hand is read then. A vault out of reach is no
-        verdict: its `StoreError` goes up and nothing is remembered."""
+        """Read the data keys `open_record` will need off the event loop. A key that does
+        not open here is left for `open`, which reports that record and goes on."""
         keys = self.keys
         for r in records:
             if not is_sealed(r.data):
                 continue
             key_id = r.data[ENVELOPE].get("key")
-            if (
-                not isinstance(key_id, str)
-                or key_id in self.forgotten
-                or key_id in self._unopenable
-                or keys.ready(key_id)
-            ):
-                continue
-            try:
-                cipher = await off_loop(
-                    functools.partial(keys.cipher, key_id), "reading a data key"
-                )
-            except StoreError:
-                raise
-            except VaultError as exc:
-                self._unopenable[key_id] = str(exc)
-            else:
-                if cipher is None:
-                    self._unopenable[key_id] = _not_in_vault(key_id)
+            if isinstance(key_id, str) and key_id not in self.forgotten and not keys.ready(key_id):
+                with contextlib.suppress(VaultError):
+                    await off_loop(functools.partial(keys.cipher, key_id), "reading a data key")
 
     def seal(self, stream: str, version: int, event: NewEvent) -> NewEvent:
         """The event as it is stored: contents replaced by their envelope."""
@@ -262,7 +231,8 @@ class Sealer:
         except StoreError:  # a shared vault out of reach: the store's 503, retry later
             raise
         except Exception as exc:  # whatever broke (vault, key, encoding): nothing in clear
-            raise self._seal_failed(event.type, exc) from None
+            self._on_seal_failure()
+            raise SealError(f"cannot encrypt the contents of a {event.type}: {exc}") from None
         data = {k: v for k, v in event.data.items() if k not in fields}
         data[ENVELOPE] = {
             "v": _VERSION,
@@ -279,10 +249,6 @@ class Sealer:
             event_id=event.event_id,
             time=event.time,
         )
-
-    def _seal_failed(self, type_: str, exc: Exception) -> SealError:
-        self._on_seal_failure()
-        return SealError(f"cannot encrypt the contents of a {type_}: {exc}")
 
     # -- opening ------------------------------------------------------------------------
 
@@ -308,11 +274,9 @@ class Sealer:
             if key_id in self.forgotten:  # before the vault: another bridge may be
                 out.update(dict.fromkeys(fields, ERASED))  # about to delete the key row
                 return out
-            if key_id in self._unopenable:
-                raise OpenError(self._unopenable[key_id])
             cipher = self.keys.cipher(key_id)
             if cipher is None:
-                raise OpenError(_not_in_vault(key_id))
+                raise OpenError(f"data key {key_id} is not in the vault")
             associated = _associated(
                 self.store_id, stream, version, event_id, type_, key_id, fields
             )

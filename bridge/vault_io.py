@@ -4,23 +4,17 @@ The vault's interface is synchronous (the CLI and the signature verifier call it
 and answers from memory once a secret was read. A read that is not cached may be a round
 trip to a shared vault's database; run on the event loop, a database that stops answering
 would stall every request of the bridge, not just the one that needs the secret. So the
-bridge's async code asks `SecretVault.needs_io` first and runs a miss here: in the vault's
-worker thread, given up after `VAULT_WAIT_S` as the store being out of reach (a 503 with a
-reason, like any other shared-backend outage).
-
-One dedicated thread, not the loop's default executor: the PostgreSQL vault has one
-connection that one thread at a time may use, so more threads would only wait on its lock,
-and a call stuck on a dead link (until the vault's TCP timeouts cut it) occupies this
-thread alone — never the executor that the store's checkpoint files and other
-`asyncio.to_thread` work share. A read whose caller gave up before it started is cancelled
-and never runs, so a stuck call leaves no queue of work behind it.
+bridge's async code asks `SecretVault.needs_io` first and runs a miss here: in a worker
+thread, given up after `VAULT_WAIT_S` as the store being out of reach (a 503 with a
+reason, like any other shared-backend outage). A thread that is still stuck on a dead
+link ends when the vault's TCP timeouts cut it; the vault serializes its one connection
+and refuses to queue behind a stuck call for long, so threads do not pile up.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from events import StoreUnavailable
@@ -29,15 +23,12 @@ from security import SecretVault
 VAULT_WAIT_S = 6.0
 """Longer than the PostgreSQL vault's statement timeout (5 s): a slow answer still lands."""
 T = TypeVar("T")
-_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lighthouse-vault")
 
 
 async def off_loop(read: Callable[[], T], doing: str) -> T:
-    """`read()` in the vault's thread; `StoreUnavailable` if it takes over `VAULT_WAIT_S`
-    (waiting for the thread included)."""
-    pending = asyncio.get_running_loop().run_in_executor(_WORKER, read)
+    """`read()` in a worker thread; `StoreUnavailable` if it takes over `VAULT_WAIT_S`."""
     try:
-        return await asyncio.wait_for(pending, VAULT_WAIT_S)
+        return await asyncio.wait_for(asyncio.to_thread(read), VAULT_WAIT_S)
     except TimeoutError:
         raise StoreUnavailable(
             f"secret vault did not answer within {VAULT_WAIT_S:g} s while {doing}"

@@ -131,11 +131,6 @@ class DataKeys:
             if key_id in self._destroyed:
                 return None
             key = self._vault.get(key_id)
-            if key_id in self._destroyed:
-                # Forgotten while this read ran (in a worker thread, the loop following the
-                # forget): the secret just cached must not outlive the fact.
-                self._vault.forget_cached([key_id])
-                return None
             if key is None:
                 return None
             cipher = self._ciphers[key_id] = ContentCipher(key)
